@@ -1,0 +1,143 @@
+//! Builds the application from a `Config` and runs it until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::auth::Auth;
+use crate::auth::password::PasswordHasher;
+use crate::auth::token::{self, TokenKeys};
+use crate::config::Config;
+use crate::db::{self, Db};
+use crate::error::{AppError, AppResult};
+use crate::events::Events;
+use crate::graphql;
+use crate::http::{self, HttpState};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Everything a request may need; shared by all of them.
+pub struct App {
+    pub config: Config,
+    pub db: Db,
+    pub auth: Auth,
+    pub events: Events,
+}
+
+/// A bound, ready server. Binding happens in [`Server::build`], so the port
+/// is known (and connectable) before [`Server::run_until`] is awaited.
+pub struct Server {
+    listener: TcpListener,
+    router: axum::Router,
+    app: Arc<App>,
+}
+
+impl Server {
+    pub async fn build(config: Config) -> AppResult<Self> {
+        if config.bcrypt_cost < 10 {
+            tracing::warn!(
+                cost = config.bcrypt_cost,
+                "BCRYPT_COST is below 10: fine for tests, too weak for production"
+            );
+        }
+        let secret = token::load_or_create_secret(&config)?;
+        let applied = db::migrations::run(&config.database_url).await?;
+        tracing::info!(
+            backend = config.database_url.backend_name(),
+            applied,
+            "database migrated"
+        );
+        let db = Db::connect(&config).await?;
+        let auth = Auth {
+            hasher: PasswordHasher::new(config.bcrypt_cost, config.bcrypt_concurrency),
+            tokens: TokenKeys::new(&secret, config.jwt_ttl),
+        };
+        let listener = TcpListener::bind(config.listen_addr).await.map_err(|e| {
+            AppError::Internal(format!("cannot listen on {}: {e}", config.listen_addr))
+        })?;
+        let app = Arc::new(App {
+            config,
+            db,
+            auth,
+            events: Events::new(),
+        });
+        let schema = graphql::schema(app.clone(), &app.config.limits);
+        let router = http::router(HttpState {
+            app: app.clone(),
+            schema,
+        });
+        Ok(Self {
+            listener,
+            router,
+            app,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.app.config.listen_addr)
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+    /// requests finish (for at most `SHUTDOWN_GRACE`) and returns.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!("listening on http://{addr}/graphql");
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stopping_tx.send(());
+        });
+        let grace_expired = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = serve => result,
+            () = grace_expired => {
+                tracing::warn!("shutdown grace period expired; closing remaining connections");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

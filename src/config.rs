@@ -1,0 +1,494 @@
+//! Typed configuration: flags > environment > `.env` > defaults.
+//!
+//! clap reads flags and environment variables (the caller loads `.env` into
+//! the environment first, without overriding what is already set), then
+//! [`Config::from_args`] turns the raw strings into checked values so a bad
+//! value stops the process with one clear line instead of failing later.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "todoql",
+    version,
+    about = "GraphQL accounts and private todo lists on SQLite or PostgreSQL"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub args: ConfigArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the GraphQL schema (SDL) and exit.
+    PrintSchema,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The raw flags/environment, before validation. Every flag is global so it
+/// can be written before or after the subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// `sqlite://PATH` (embedded) or `postgres://…` (production).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://todoql.db",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Address to bind; port 0 picks a free port.
+    #[arg(
+        long,
+        env = "LISTEN_ADDR",
+        default_value = "127.0.0.1:8000",
+        global = true
+    )]
+    pub listen_addr: String,
+    /// HS256 signing key, at least 32 bytes.
+    #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Token lifetime (humantime: 15m, 12h, 7d).
+    #[arg(long, env = "JWT_TTL", default_value = "7d", global = true)]
+    pub jwt_ttl: String,
+    /// bcrypt cost, 4..=31.
+    #[arg(long, env = "BCRYPT_COST", default_value = "10", global = true)]
+    pub bcrypt_cost: String,
+    /// Comma-separated exact origins allowed by CORS.
+    #[arg(
+        long,
+        env = "CORS_ORIGINS",
+        default_value = "http://localhost:3000",
+        global = true
+    )]
+    pub cors_origins: String,
+    /// Database pool size.
+    #[arg(long, env = "DATABASE_POOL_SIZE", global = true)]
+    pub database_pool_size: Option<String>,
+    /// `pretty` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty", global = true)]
+    pub log_format: String,
+    /// Development mode: allows `CORS_ORIGINS=*`.
+    #[arg(long, env = "TODOQL_DEV", global = true)]
+    pub dev: bool,
+    /// Concurrent bcrypt computations (default: the number of cores).
+    #[arg(long, env = "BCRYPT_CONCURRENCY", global = true)]
+    pub bcrypt_concurrency: Option<String>,
+    /// Maximum query depth.
+    #[arg(long, env = "MAX_QUERY_DEPTH", default_value = "12", global = true)]
+    pub max_query_depth: String,
+    /// Maximum query complexity (fields selected, lists weighted by `first`).
+    #[arg(
+        long,
+        env = "MAX_QUERY_COMPLEXITY",
+        default_value = "2000",
+        global = true
+    )]
+    pub max_query_complexity: String,
+    /// Maximum operations in one batched request.
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value = "10", global = true)]
+    pub max_batch_size: String,
+    /// Maximum request body size in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value = "1048576", global = true)]
+    pub max_body_bytes: String,
+    /// Per-request timeout (humantime).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", global = true)]
+    pub request_timeout: String,
+    /// Whether schema introspection is allowed.
+    #[arg(long, env = "INTROSPECTION", default_value = "true", global = true)]
+    pub introspection: String,
+}
+
+/// Where the data lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if let Some(path) = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+        {
+            // Each pooled connection to `:memory:` would see its own empty
+            // database, so refuse it rather than lose data silently.
+            if path.is_empty() || path.contains(":memory:") || path.starts_with("file:") {
+                return Err("DATABASE_URL: sqlite:// needs a file path, e.g. sqlite://todoql.db (in-memory databases are not supported)".into());
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            if raw.len() <= "postgres://".len() + 1 {
+                return Err("DATABASE_URL: postgres:// URL has no host".into());
+            }
+            return Ok(Self::Postgres(raw.to_owned()));
+        }
+        Err("DATABASE_URL must start with sqlite:// or postgres://".into())
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+// Postgres URLs carry passwords: never print them.
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Self::Postgres(_) => f.write_str("postgres://[redacted]"),
+        }
+    }
+}
+
+/// A secret that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Allowed CORS origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_batch_size: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub introspection: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: DatabaseUrl,
+    pub listen_addr: SocketAddr,
+    /// `None`: generate (SQLite) or refuse to start (PostgreSQL); see `auth::token`.
+    pub jwt_secret: Option<Secret>,
+    pub jwt_ttl: Duration,
+    pub bcrypt_cost: u32,
+    pub bcrypt_concurrency: usize,
+    pub cors_origins: CorsOrigins,
+    pub database_pool_size: Option<u32>,
+    pub log_format: LogFormat,
+    pub dev: bool,
+    pub limits: Limits,
+}
+
+/// A configuration value that cannot be used; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+fn parse_number<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, ConfigError> {
+    raw.trim()
+        .parse()
+        .map_err(|_| bad(format!("{name}: expected a whole number, got {raw:?}")))
+}
+
+fn parse_duration(name: &str, raw: &str) -> Result<Duration, ConfigError> {
+    let value = humantime::parse_duration(raw.trim())
+        .map_err(|e| bad(format!("{name}: {e} (examples: 15m, 12h, 7d)")))?;
+    if value.is_zero() {
+        return Err(bad(format!("{name} must be longer than zero")));
+    }
+    Ok(value)
+}
+
+fn parse_bool(name: &str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(bad(format!("{name}: expected true or false, got {raw:?}"))),
+    }
+}
+
+fn parse_origins(raw: &str, dev: bool) -> Result<CorsOrigins, ConfigError> {
+    let origins: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if origins.iter().any(|o| o == "*") {
+        if !dev {
+            return Err(bad(
+                "CORS_ORIGINS: '*' is only allowed with --dev; list exact origins instead",
+            ));
+        }
+        return Ok(CorsOrigins::Any);
+    }
+    for origin in &origins {
+        let rest = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        let valid = rest.is_some_and(|host| !host.is_empty() && !host.contains('/'))
+            && http::HeaderValue::from_str(origin).is_ok();
+        if !valid {
+            return Err(bad(format!(
+                "CORS_ORIGINS: {origin:?} is not an origin (scheme://host[:port], no path)"
+            )));
+        }
+    }
+    Ok(CorsOrigins::List(origins))
+}
+
+impl Config {
+    pub fn from_args(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let database_url = DatabaseUrl::parse(&args.database_url).map_err(bad)?;
+        let listen_addr = args.listen_addr.trim().parse().map_err(|_| {
+            bad(format!(
+                "LISTEN_ADDR: expected HOST:PORT such as 127.0.0.1:8000, got {:?}",
+                args.listen_addr
+            ))
+        })?;
+
+        let jwt_secret = match args.jwt_secret.as_deref() {
+            None | Some("") => None,
+            Some(s) if s.len() < MIN_SECRET_BYTES => {
+                return Err(bad(format!(
+                    "JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (got {})",
+                    s.len()
+                )));
+            }
+            Some(s) => Some(Secret::new(s.as_bytes())),
+        };
+        if jwt_secret.is_none() && matches!(database_url, DatabaseUrl::Postgres(_)) {
+            return Err(bad(
+                "JWT_SECRET is required with PostgreSQL (every instance must share it); generate one with: openssl rand -hex 32",
+            ));
+        }
+
+        let bcrypt_cost: u32 = parse_number("BCRYPT_COST", &args.bcrypt_cost)?;
+        if !(4..=31).contains(&bcrypt_cost) {
+            return Err(bad(format!(
+                "BCRYPT_COST must be between 4 and 31 (got {bcrypt_cost})"
+            )));
+        }
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let bcrypt_concurrency = match &args.bcrypt_concurrency {
+            Some(raw) => parse_number("BCRYPT_CONCURRENCY", raw)?,
+            None => cores,
+        };
+        if bcrypt_concurrency == 0 {
+            return Err(bad("BCRYPT_CONCURRENCY must be at least 1"));
+        }
+
+        let database_pool_size = match &args.database_pool_size {
+            Some(raw) => {
+                let size: u32 = parse_number("DATABASE_POOL_SIZE", raw)?;
+                if size == 0 {
+                    return Err(bad("DATABASE_POOL_SIZE must be at least 1"));
+                }
+                Some(size)
+            }
+            None => None,
+        };
+
+        let log_format = LogFormat::from_str(args.log_format.trim(), true).map_err(|_| {
+            bad(format!(
+                "LOG_FORMAT must be pretty or json (got {:?})",
+                args.log_format
+            ))
+        })?;
+
+        let limits = Limits {
+            max_depth: parse_number("MAX_QUERY_DEPTH", &args.max_query_depth)?,
+            max_complexity: parse_number("MAX_QUERY_COMPLEXITY", &args.max_query_complexity)?,
+            max_batch_size: parse_number("MAX_BATCH_SIZE", &args.max_batch_size)?,
+            max_body_bytes: parse_number("MAX_BODY_BYTES", &args.max_body_bytes)?,
+            request_timeout: parse_duration("REQUEST_TIMEOUT", &args.request_timeout)?,
+            introspection: parse_bool("INTROSPECTION", &args.introspection)?,
+        };
+        if limits.max_depth == 0
+            || limits.max_complexity == 0
+            || limits.max_batch_size == 0
+            || limits.max_body_bytes == 0
+        {
+            return Err(bad(
+                "MAX_QUERY_DEPTH, MAX_QUERY_COMPLEXITY, MAX_BATCH_SIZE and MAX_BODY_BYTES must be at least 1",
+            ));
+        }
+
+        Ok(Self {
+            database_url,
+            listen_addr,
+            jwt_secret,
+            jwt_ttl: parse_duration("JWT_TTL", &args.jwt_ttl)?,
+            bcrypt_cost,
+            bcrypt_concurrency,
+            cors_origins: parse_origins(&args.cors_origins, args.dev)?,
+            database_pool_size,
+            log_format,
+            dev: args.dev,
+            limits,
+        })
+    }
+
+    /// The configuration used by tests and embedders: defaults for everything
+    /// but the database.
+    pub fn for_database(url: &str) -> Result<Self, ConfigError> {
+        let cli = Cli::try_parse_from(["todoql", "--database-url", url])
+            .map_err(|e| bad(e.to_string()))?;
+        Self::from_args(&cli.args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["todoql"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| bad(e.to_string()))?;
+        Config::from_args(&cli.args)
+    }
+
+    fn error(args: &[&str]) -> String {
+        match parse(args) {
+            Ok(_) => panic!("{args:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://todoql.db"),
+            Ok(DatabaseUrl::Sqlite("todoql.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/x.db"),
+            Ok(DatabaseUrl::Sqlite("/tmp/x.db".into()))
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgresql://u@h/db"),
+            Ok(DatabaseUrl::Postgres(_))
+        ));
+        assert!(DatabaseUrl::parse("mysql://x").is_err());
+        assert!(DatabaseUrl::parse("sqlite://:memory:").is_err());
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+
+    #[test]
+    fn postgres_url_is_not_printed() {
+        let url = DatabaseUrl::parse("postgres://u:hunter2@h/db").expect("valid");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        let secret = Secret::new("0123456789abcdef0123456789abcdef");
+        assert!(!format!("{secret:?}").contains("0123"));
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.database_url, DatabaseUrl::Sqlite("todoql.db".into()));
+        assert_eq!(config.listen_addr.to_string(), "127.0.0.1:8000");
+        assert_eq!(config.jwt_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(config.bcrypt_cost, 10);
+        assert_eq!(
+            config.cors_origins,
+            CorsOrigins::List(vec!["http://localhost:3000".into()])
+        );
+        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert_eq!(config.limits.max_depth, 12);
+        assert_eq!(config.limits.max_batch_size, 10);
+        assert_eq!(config.limits.max_body_bytes, 1 << 20);
+        assert_eq!(config.limits.request_timeout, Duration::from_secs(30));
+        assert!(config.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_setting_named() {
+        assert!(error(&["--bcrypt-cost", "3"]).contains("BCRYPT_COST"));
+        assert!(error(&["--bcrypt-cost", "32"]).contains("BCRYPT_COST"));
+        assert!(error(&["--bcrypt-cost", "ten"]).contains("BCRYPT_COST"));
+        assert!(error(&["--jwt-secret", "short"]).contains("JWT_SECRET"));
+        assert!(error(&["--database-url", "postgres://u@h/db"]).contains("JWT_SECRET is required"));
+        assert!(error(&["--database-url", "mysql://h/db"]).contains("DATABASE_URL"));
+        assert!(error(&["--cors-origins", "*"]).contains("--dev"));
+        assert!(error(&["--cors-origins", "localhost:3000"]).contains("CORS_ORIGINS"));
+        assert!(error(&["--jwt-ttl", "forever"]).contains("JWT_TTL"));
+        assert!(error(&["--log-format", "xml"]).contains("LOG_FORMAT"));
+        assert!(error(&["--listen-addr", "nowhere"]).contains("LISTEN_ADDR"));
+        assert!(error(&["--database-pool-size", "0"]).contains("DATABASE_POOL_SIZE"));
+    }
+
+    #[test]
+    fn good_values_are_taken() {
+        let config = parse(&[
+            "--cors-origins",
+            "*",
+            "--dev",
+            "--jwt-ttl",
+            "15m",
+            "--bcrypt-cost",
+            "4",
+            "--database-url",
+            "postgres://u@h/db",
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+            "--log-format",
+            "json",
+            "serve",
+        ])
+        .expect("valid");
+        assert_eq!(config.cors_origins, CorsOrigins::Any);
+        assert_eq!(config.jwt_ttl, Duration::from_secs(900));
+        assert_eq!(config.bcrypt_cost, 4);
+        assert_eq!(config.log_format, LogFormat::Json);
+        let origins =
+            parse(&["--cors-origins", "http://a.test, https://b.test:8443"]).expect("valid");
+        assert_eq!(
+            origins.cors_origins,
+            CorsOrigins::List(vec!["http://a.test".into(), "https://b.test:8443".into()])
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! Storage: connection pools for both backends, one query code path.
+//!
+//! diesel's `MultiConnection` does not work with diesel-async, so [`Db`] is an
+//! enum of pools and the [`read!`]/[`write!`] macros expand one query body per
+//! backend, each with that backend's schema module in scope. Queries are
+//! written once (in `users.rs`, `todos.rs`); the compiler checks each copy.
+
+pub mod migrations;
+pub mod schema;
+pub mod todos;
+pub mod types;
+pub mod users;
+
+use std::time::Duration;
+
+use diesel::SqliteConnection;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use futures_util::FutureExt;
+
+use crate::config::{Config, DatabaseUrl};
+use crate::error::{AppError, AppResult};
+
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+pub type PgPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+pub type SqlitePool = bb8::Pool<AsyncDieselConnectionManager<SqliteConn>>;
+
+/// How long a request waits for a pooled connection before it gives up with
+/// SERVICE_UNAVAILABLE: long enough to ride out a burst, short enough that an
+/// exhausted pool or a dead database never hangs a client.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// SQLite waits this long for a lock before failing with "database is locked".
+/// Writes are serialised through one connection, so this only covers
+/// checkpoints and other processes sharing the file.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// The database, as seen by the rest of the server. Cheap to clone.
+#[derive(Clone)]
+pub enum Db {
+    Postgres(PgPool),
+    /// SQLite allows one writer at a time. Routing every write through a pool
+    /// of one connection queues writers in the application instead of letting
+    /// them collide on the file lock; readers run concurrently under WAL.
+    Sqlite {
+        writer: SqlitePool,
+        readers: SqlitePool,
+    },
+}
+
+/// Runs `$body` with `$conn: &mut <backend connection>` for a read. The body
+/// is expanded once per backend with that backend's tables in scope; it must
+/// evaluate to an `AppResult`.
+macro_rules! read {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres(pool) => {
+                #[allow(unused_imports)]
+                use $crate::db::schema::postgres::*;
+                let mut pooled = pool.get().await?;
+                let $conn = &mut *pooled;
+                $body
+            }
+            $crate::db::Db::Sqlite { readers, .. } => {
+                #[allow(unused_imports)]
+                use $crate::db::schema::sqlite::*;
+                let mut pooled = readers.get().await?;
+                let $conn = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` inside a write transaction: committed when it returns `Ok`,
+/// rolled back on `Err`. On SQLite the transaction is `BEGIN IMMEDIATE`, so a
+/// read-then-write body never fails to upgrade its lock.
+macro_rules! write {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres(pool) => {
+                use diesel_async::AsyncConnection as _;
+                #[allow(unused_imports)]
+                use $crate::db::schema::postgres::*;
+                let mut pooled = pool.get().await?;
+                pooled.transaction(async |$conn| $body).await
+            }
+            $crate::db::Db::Sqlite { writer, .. } => {
+                #[allow(unused_imports)]
+                use $crate::db::schema::sqlite::*;
+                let mut pooled = writer.get().await?;
+                pooled.immediate_transaction(async |$conn| $body).await
+            }
+        }
+    };
+}
+
+pub(crate) use {read, write};
+
+impl Db {
+    /// Opens the pools (lazily: a database that is down at start-up is not
+    /// fatal for the pool itself, migrations will report it).
+    pub async fn connect(config: &Config) -> AppResult<Self> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+        match &config.database_url {
+            DatabaseUrl::Postgres(url) => {
+                let size = config.database_pool_size.unwrap_or(2 * cores);
+                let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+                // A dead connection shows up as an error on first use and is
+                // then discarded; a test query on every checkout would double
+                // the round trips of every request.
+                manager_config.recycling_method = RecyclingMethod::Fast;
+                let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
+                let pool = bb8::Pool::builder()
+                    .max_size(size)
+                    .connection_timeout(POOL_WAIT)
+                    .build_unchecked(manager);
+                Ok(Self::Postgres(pool))
+            }
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    if !dir.is_dir() {
+                        return Err(AppError::Internal(format!(
+                            "the directory of the SQLite database does not exist: {}",
+                            dir.display()
+                        )));
+                    }
+                }
+                let url = path.to_string_lossy().into_owned();
+                let readers = config
+                    .database_pool_size
+                    .map_or(2 * cores, |n| n.saturating_sub(1).max(1));
+                let writer = sqlite_pool(&url, 1);
+                let readers = sqlite_pool(&url, readers);
+                Ok(Self::Sqlite { writer, readers })
+            }
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite { .. } => "sqlite",
+        }
+    }
+
+    /// A cheap round trip, for `/readyz`.
+    pub async fn ping(&self) -> AppResult<()> {
+        read!(self, |conn| {
+            diesel::sql_query("SELECT 1").execute(conn).await?;
+            Ok(())
+        })
+    }
+}
+
+fn sqlite_pool(url: &str, size: u32) -> SqlitePool {
+    let mut manager_config = ManagerConfig::<SqliteConn>::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    manager_config.custom_setup = Box::new(|url| {
+        let url = url.to_owned();
+        async move {
+            use diesel_async::AsyncConnection as _;
+            let mut conn = SqliteConn::establish(&url).await?;
+            conn.batch_execute(&format!(
+                "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};
+                 PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA foreign_keys = ON;"
+            ))
+            .await
+            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
+    bb8::Pool::builder()
+        .max_size(size)
+        .connection_timeout(POOL_WAIT)
+        .build_unchecked(manager)
+}

@@ -1,0 +1,475 @@
+//! `/graphql`: GraphQL over HTTP (POST and GET), GraphiQL for browsers, and
+//! the WebSocket upgrade for subscriptions.
+//!
+//! async-graphql-axum's stock handler answers 200 with `application/json`
+//! whatever the client accepts, runs mutations over GET and executes any
+//! content type; this handler follows the GraphQL-over-HTTP spec instead.
+
+use std::collections::BTreeMap;
+
+use ::http::{HeaderMap, HeaderValue, StatusCode, header};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::{BatchRequest, Data, Request, Response, ServerError, Value};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::{Body, Bytes};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, State};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use serde::Serialize;
+
+use super::HttpState;
+use super::graphiql;
+use crate::auth::guard;
+use crate::db::users::User;
+use crate::error::AppError;
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+const APPLICATION_JSON: &str = "application/json";
+
+/// The media type of the answer, from the request's `Accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    /// `application/graphql-response+json`: status codes carry meaning.
+    GraphqlResponse,
+    /// `application/json`: 200 for every well-formed request (legacy clients).
+    Json,
+}
+
+impl Media {
+    fn negotiate(headers: &HeaderMap) -> Self {
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let accepts_graphql_response = accept.split(',').any(|entry| {
+            let mut params = entry.split(';').map(str::trim);
+            let media = params.next().unwrap_or("");
+            let refused =
+                params.any(|p| p.replace(' ', "").starts_with("q=0") && !p.contains("q=0."));
+            media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON) && !refused
+        });
+        if accepts_graphql_response {
+            Self::GraphqlResponse
+        } else {
+            Self::Json
+        }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        match self {
+            Self::GraphqlResponse => {
+                HeaderValue::from_static("application/graphql-response+json; charset=utf-8")
+            }
+            Self::Json => HeaderValue::from_static("application/json; charset=utf-8"),
+        }
+    }
+}
+
+/// One GraphQL response as it goes on the wire: `data` is left out for
+/// request errors (nothing was executed), as the spec requires.
+#[derive(Serialize)]
+struct WireResponse<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a Value>,
+    #[serde(skip_serializing_if = "<[ServerError]>::is_empty")]
+    errors: &'a [ServerError],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    extensions: &'a BTreeMap<String, Value>,
+}
+
+/// Parse and validation failures (and errors raised before execution) have
+/// no data and no path.
+fn is_request_error(response: &Response) -> bool {
+    !response.errors.is_empty()
+        && matches!(response.data, Value::Null)
+        && response.errors.iter().all(|e| e.path.is_empty())
+}
+
+fn wire(response: &Response) -> WireResponse<'_> {
+    WireResponse {
+        data: if is_request_error(response) {
+            None
+        } else {
+            Some(&response.data)
+        },
+        errors: &response.errors,
+        extensions: &response.extensions,
+    }
+}
+
+fn json_response(status: StatusCode, media: Media, body: &impl Serialize) -> HttpResponse {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut response = HttpResponse::new(Body::from(bytes));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, media.content_type());
+            response
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot serialise a response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// An error raised before anything ran, with its code.
+fn request_error(code: &str, message: impl Into<String>) -> Response {
+    let mut error = ServerError::new(message, None);
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", code);
+    Response::from_errors(vec![error])
+}
+
+fn app_error_response(error: AppError) -> Response {
+    let error: async_graphql::Error = error.into();
+    let mut server_error = ServerError::new(error.message, None);
+    server_error.extensions = error.extensions;
+    Response::from_errors(vec![server_error])
+}
+
+/// Sends a transport-level failure: `status` under both media types (the
+/// request was not a well-formed GraphQL request).
+fn reject(
+    status: StatusCode,
+    media: Media,
+    code: &str,
+    message: impl Into<String>,
+) -> HttpResponse {
+    json_response(status, media, &wire(&request_error(code, message)))
+}
+
+fn single_response(media: Media, response: &Response) -> HttpResponse {
+    let status = match media {
+        Media::GraphqlResponse if is_request_error(response) => request_error_status(response),
+        _ => StatusCode::OK,
+    };
+    json_response(status, media, &wire(response))
+}
+
+fn request_error_status(response: &Response) -> StatusCode {
+    let code = response
+        .errors
+        .first()
+        .and_then(|e| e.extensions.as_ref())
+        .and_then(|e| e.get("code").cloned());
+    match code {
+        Some(Value::String(code)) if code == "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
+        Some(Value::String(code)) if code == "SERVICE_UNAVAILABLE" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Some(Value::String(code)) if code == "TIMEOUT" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// The user behind the `Authorization` header. A header that is present but
+/// invalid fails the whole request, even for `signup`/`login`: a client with
+/// a stale token learns it at once.
+async fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Option<User>, AppError> {
+    let value =
+        match headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                AppError::Unauthenticated("Authorization header is not valid text")
+            })?),
+        };
+    match guard::bearer_token(value)? {
+        None => Ok(None),
+        Some(token) => guard::authenticate(&state.app.db, &state.app.auth.tokens, token)
+            .await
+            .map(Some),
+    }
+}
+
+async fn execute(state: &HttpState, request: Request, user: Option<&User>) -> Response {
+    let request = match user {
+        Some(user) => request.data(user.clone()),
+        None => request,
+    };
+    let timeout = state.app.config.limits.request_timeout;
+    match tokio::time::timeout(timeout, state.schema.execute(request)).await {
+        Ok(response) => response,
+        Err(_) => request_error(
+            "TIMEOUT",
+            format!("The request took longer than {} s", timeout.as_secs()),
+        ),
+    }
+}
+
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| {
+            let media = media.trim();
+            media.eq_ignore_ascii_case(APPLICATION_JSON)
+                || media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON)
+        })
+}
+
+/// `POST /graphql` with a JSON body: one request or a batch (an array).
+pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    let media = Media::negotiate(&headers);
+    // Only JSON is executed: a form or text/plain POST is what a cross-site
+    // page can send without a CORS preflight.
+    if !is_json_content_type(&headers) {
+        return reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            media,
+            "BAD_REQUEST",
+            "Send the request as application/json",
+        );
+    }
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(batch) => batch,
+        Err(error) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                media,
+                "BAD_REQUEST",
+                format!("The body is not a GraphQL request: {error}"),
+            );
+        }
+    };
+    let user = match authenticate(&state, &headers).await {
+        Ok(user) => user,
+        Err(error) => {
+            let response = app_error_response(error);
+            return match batch {
+                BatchRequest::Single(_) => single_response(media, &response),
+                BatchRequest::Batch(requests) => {
+                    let responses: Vec<WireResponse<'_>> =
+                        requests.iter().map(|_| wire(&response)).collect();
+                    json_response(StatusCode::OK, media, &responses)
+                }
+            };
+        }
+    };
+    match batch {
+        BatchRequest::Single(request) => {
+            single_response(media, &execute(&state, request, user.as_ref()).await)
+        }
+        BatchRequest::Batch(requests) => {
+            let limit = state.app.config.limits.max_batch_size;
+            if requests.is_empty() || requests.len() > limit {
+                return reject(
+                    StatusCode::BAD_REQUEST,
+                    media,
+                    "BAD_REQUEST",
+                    format!(
+                        "A batch must hold 1 to {limit} operations (got {})",
+                        requests.len()
+                    ),
+                );
+            }
+            let responses = futures_util::future::join_all(
+                requests
+                    .into_iter()
+                    .map(|request| execute(&state, request, user.as_ref())),
+            )
+            .await;
+            let wire: Vec<WireResponse<'_>> = responses.iter().map(wire).collect();
+            json_response(StatusCode::OK, media, &wire)
+        }
+    }
+}
+
+/// `GET /graphql`: WebSocket upgrade, GraphiQL for browsers, or a query in
+/// the URL. Mutations are refused over GET (405): GET must be safe.
+pub async fn get(State(state): State<HttpState>, request: axum::extract::Request) -> HttpResponse {
+    let (mut parts, _body) = request.into_parts();
+    if parts.headers.contains_key(header::UPGRADE) {
+        return websocket(state, &mut parts).await;
+    }
+    let media = Media::negotiate(&parts.headers);
+    let query_string = parts.uri.query().unwrap_or("");
+    let wants_html = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_html
+        && !query_string
+            .split('&')
+            .any(|pair| pair.starts_with("query="))
+    {
+        return graphiql::page();
+    }
+    let request = match async_graphql::http::parse_query_string(query_string) {
+        Ok(request) => request,
+        Err(error) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                media,
+                "BAD_REQUEST",
+                format!("Invalid GraphQL request in the URL: {error}"),
+            );
+        }
+    };
+    if request.query.is_empty() {
+        return reject(
+            StatusCode::BAD_REQUEST,
+            media,
+            "BAD_REQUEST",
+            "Missing query parameter",
+        );
+    }
+    if operation_type(&request) == Some(OperationType::Mutation) {
+        let mut response = reject(
+            StatusCode::METHOD_NOT_ALLOWED,
+            media,
+            "BAD_REQUEST",
+            "Mutations must be sent with POST",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let user = match authenticate(&state, &parts.headers).await {
+        Ok(user) => user,
+        Err(error) => return single_response(media, &app_error_response(error)),
+    };
+    single_response(media, &execute(&state, request, user.as_ref()).await)
+}
+
+/// The type of the operation a request would run; `None` when the document
+/// does not parse or names no operation (execution reports that).
+fn operation_type(request: &Request) -> Option<OperationType> {
+    let document = async_graphql::parser::parse_query(&request.query).ok()?;
+    match (&document.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(operation), _) => Some(operation.node.ty),
+        (DocumentOperations::Multiple(operations), Some(name)) => {
+            operations.get(name).map(|op| op.node.ty)
+        }
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
+            operations.values().next().map(|op| op.node.ty)
+        }
+        _ => None,
+    }
+}
+
+/// The token of a `connection_init` payload: `Authorization`,
+/// `authorization` or `authToken` (with or without `Bearer `).
+fn init_payload_token(payload: &serde_json::Value) -> Option<String> {
+    ["Authorization", "authorization", "authToken"]
+        .iter()
+        .find_map(|key| payload.get(key).and_then(|v| v.as_str()))
+        .map(str::to_owned)
+}
+
+async fn websocket(state: HttpState, parts: &mut ::http::request::Parts) -> HttpResponse {
+    let protocol = match GraphQLProtocol::from_request_parts(parts, &()).await {
+        Ok(protocol) => protocol,
+        Err(status) => {
+            return (
+                status,
+                "Unsupported WebSocket sub-protocol: use graphql-transport-ws",
+            )
+                .into_response();
+        }
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let schema = state.schema.clone();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let raw = init_payload_token(&payload);
+                    let value = raw.as_deref().map(|t| {
+                        if t.len() > 7 && t[..7].eq_ignore_ascii_case("bearer ") {
+                            t.to_owned()
+                        } else {
+                            format!("Bearer {t}")
+                        }
+                    });
+                    let token =
+                        guard::bearer_token(value.as_deref())?.ok_or(AppError::Unauthenticated(
+                            "Send Authorization: Bearer <token> in connection_init",
+                        ))?;
+                    let user =
+                        guard::authenticate(&state.app.db, &state.app.auth.tokens, token).await?;
+                    let mut data = Data::default();
+                    data.insert(user);
+                    Ok(data)
+                })
+                .serve()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(accept: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_str(accept).expect("valid"),
+        );
+        headers
+    }
+
+    #[test]
+    fn negotiates_the_response_media_type() {
+        assert_eq!(Media::negotiate(&HeaderMap::new()), Media::Json);
+        assert_eq!(Media::negotiate(&headers("application/json")), Media::Json);
+        assert_eq!(
+            Media::negotiate(&headers("application/graphql-response+json")),
+            Media::GraphqlResponse
+        );
+        assert_eq!(
+            Media::negotiate(&headers(
+                "application/graphql-response+json, application/json;q=0.9"
+            )),
+            Media::GraphqlResponse
+        );
+        assert_eq!(
+            Media::negotiate(&headers(
+                "application/graphql-response+json;q=0, application/json"
+            )),
+            Media::Json
+        );
+    }
+
+    #[test]
+    fn finds_the_operation_type() {
+        let op = |query: &str, name: Option<&str>| {
+            let mut request = Request::new(query);
+            if let Some(name) = name {
+                request = request.operation_name(name);
+            }
+            operation_type(&request)
+        };
+        assert_eq!(op("{ me { id } }", None), Some(OperationType::Query));
+        assert_eq!(
+            op("mutation { logoutEverywhere }", None),
+            Some(OperationType::Mutation)
+        );
+        assert_eq!(
+            op(
+                "query A { me { id } } mutation B { logoutEverywhere }",
+                Some("B")
+            ),
+            Some(OperationType::Mutation)
+        );
+        assert_eq!(
+            op(
+                "query A { me { id } } mutation B { logoutEverywhere }",
+                None
+            ),
+            None
+        );
+        assert_eq!(op("not graphql", None), None);
+    }
+}
