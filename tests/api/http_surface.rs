@@ -1,0 +1,284 @@
+//! The HTTP surface: GET and POST, media types, batches, GraphiQL, probes, CORS.
+
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::TestApp;
+
+backend_tests!(
+    get_runs_queries_and_refuses_mutations,
+    post_needs_a_json_body,
+    status_codes_follow_the_accepted_media_type,
+    batches_run_and_are_bounded,
+    graphiql_and_probes_are_served,
+    cors_allows_only_configured_origins,
+    oversized_bodies_are_refused,
+);
+
+async fn get_runs_queries_and_refuses_mutations(app: TestApp) {
+    let user = app.signup("get@example.com").await;
+    let response = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[
+            ("query", "query Me { me { email } }"),
+            ("operationName", "Me"),
+        ])
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["data"]["me"]["email"], "get@example.com");
+
+    let response = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[(
+            "query",
+            "mutation { createTodo(input: {title: \"via GET\"}) { id } }",
+        )])
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 405);
+    assert_eq!(
+        response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    let body: Value = response.json().await.expect("json");
+    assert!(body["errors"][0]["extensions"]["code"].is_string());
+    let count = app
+        .gql(Some(&user.token), "{ todos { totalCount } }", json!({}))
+        .await
+        .ok();
+    assert_eq!(
+        count["todos"]["totalCount"], 0,
+        "the mutation must not have run"
+    );
+}
+
+async fn post_needs_a_json_body(app: TestApp) {
+    let user = app.signup("csrf@example.com").await;
+    let body = r#"{"query":"mutation { createTodo(input: {title: \"forged\"}) { id } }"}"#;
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/graphql"))
+            .header("content-type", content_type)
+            .bearer_auth(&user.token)
+            .body(body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 415, "{content_type}");
+    }
+    let count = app
+        .gql(Some(&user.token), "{ todos { totalCount } }", json!({}))
+        .await
+        .ok();
+    assert_eq!(count["todos"]["totalCount"], 0);
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_REQUEST");
+}
+
+async fn post(app: &TestApp, accept: &str, body: Value) -> (u16, String, Value) {
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("accept", accept)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (status, content_type, response.json().await.expect("json"))
+}
+
+async fn status_codes_follow_the_accepted_media_type(app: TestApp) {
+    let modern = "application/graphql-response+json";
+    let (status, content_type, body) = post(&app, modern, json!({"query": "{ nope }"})).await;
+    assert_eq!(status, 400);
+    assert!(content_type.starts_with(modern));
+    assert!(
+        body.get("data").is_none(),
+        "no data for a request error: {body}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    let (status, _, body) = post(&app, modern, json!({"query": "{ me { "})).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "GRAPHQL_PARSE_FAILED"
+    );
+    // A field error is not a request error: 200, with data.
+    let (status, _, body) = post(&app, modern, json!({"query": "{ me { id } }"})).await;
+    assert_eq!(status, 200);
+    assert!(body.get("data").is_some());
+    assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+
+    let (status, content_type, body) =
+        post(&app, "application/json", json!({"query": "{ nope }"})).await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/json"));
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+}
+
+async fn batches_run_and_are_bounded(app: TestApp) {
+    let user = app.signup("batch@example.com").await;
+    let batch: Vec<Value> = (0..3)
+        .map(|i| json!({"query": "mutation($t: String!) { createTodo(input: {title: $t}) { title } }", "variables": {"t": format!("b{i}")}}))
+        .collect();
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&user.token)
+        .json(&batch)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    let results = body.as_array().expect("an array for a batch");
+    assert_eq!(results.len(), 3);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["data"]["createTodo"]["title"].is_string())
+    );
+
+    let too_many: Vec<Value> = (0..11).map(|_| json!({"query": "{ me { id } }"})).collect();
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&user.token)
+        .json(&too_many)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_REQUEST");
+}
+
+async fn graphiql_and_probes_are_served(app: TestApp) {
+    let page = app
+        .client
+        .get(app.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .expect("text")
+            .starts_with("text/html")
+    );
+    let html = page.text().await.expect("html");
+    assert!(html.contains("graphiql.min.js"));
+    assert!(!html.contains("https://"), "no asset may come from a CDN");
+    let script = app
+        .client
+        .get(app.url("/graphiql/graphiql.min.js"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(script.status(), 200);
+    assert!(script.bytes().await.expect("bytes").len() > 100_000);
+
+    let health = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(health.status(), 200);
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status(), 200);
+}
+
+async fn cors_allows_only_configured_origins(app: TestApp) {
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("http://localhost:3000").await.expect("sent");
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("http://localhost:3000")
+    );
+    let refused = preflight("https://evil.example").await.expect("sent");
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+async fn oversized_bodies_are_refused(app: TestApp) {
+    let padding = "x".repeat(1024 * 1024 + 1);
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&json!({"query": "{ __typename }", "variables": {"padding": padding}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 413);
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&json!({"query": "{ __typename }"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200, "the server keeps serving");
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real server on port 0, over HTTP, on SQLite and on
+//! a real PostgreSQL (a throwaway cluster, or `TEST_DATABASE_URL`).
+
+mod helpers;
+mod postgres;
+
+mod accounts;
+mod concurrency;
+mod http_surface;
+mod isolation;
+mod pagination;
+mod todos;
