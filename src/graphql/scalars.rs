@@ -10,7 +10,7 @@ use crate::db::types::DbTime;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DateTime(pub DbTime);
 
-/// "An instant in UTC, RFC 3339 (e.g. 2026-11-25T17:23:58Z)."
+/// An instant in UTC, RFC 3339 (e.g. 2026-11-25T17:23:58Z).
 #[Scalar(name = "DateTime")]
 impl ScalarType for DateTime {
     fn parse(value: Value) -> InputValueResult<Self> {

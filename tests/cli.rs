@@ -1,0 +1,248 @@
+//! The `todoql` binary as an operator runs it: configuration errors, `.env`,
+//! the subcommands, port 0, SIGTERM, and a generated key that survives a restart.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_todoql");
+
+/// The binary with an empty environment, in `dir`.
+fn todoql(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.env_clear().current_dir(dir).env("NO_COLOR", "1");
+    command
+}
+
+#[test]
+fn bad_configuration_stops_with_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("BCRYPT_COST", "3")], "BCRYPT_COST"),
+        (&[("BCRYPT_COST", "32")], "BCRYPT_COST"),
+        (&[("JWT_SECRET", "too-short")], "JWT_SECRET"),
+        (&[("DATABASE_URL", "mysql://localhost/db")], "DATABASE_URL"),
+        (&[("DATABASE_URL", "postgres://localhost/db")], "JWT_SECRET"),
+        (&[("CORS_ORIGINS", "*")], "--dev"),
+        (&[("JWT_TTL", "a while")], "JWT_TTL"),
+        (&[("LISTEN_ADDR", "everywhere")], "LISTEN_ADDR"),
+        (&[("LOG_FORMAT", "yaml")], "LOG_FORMAT"),
+    ];
+    for (env, expected) in cases {
+        let output = todoql(dir.path())
+            .envs(env.iter().copied())
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{env:?}: one line, got {stderr}"
+        );
+        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+    }
+    // No database file was created by a refused start.
+    assert!(!dir.path().join("todoql.db").exists());
+    // `*` is fine in development.
+    let output = todoql(dir.path())
+        .env("CORS_ORIGINS", "*")
+        .args(["--dev", "print-schema"])
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+}
+
+#[test]
+fn print_schema_prints_the_committed_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = todoql(dir.path())
+        .arg("print-schema")
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+    let committed =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql"))
+            .expect("schema");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), committed);
+}
+
+#[test]
+fn migrate_creates_the_tables_and_exits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = todoql(dir.path())
+        .args(["migrate", "--database-url", "sqlite://data.db"])
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let mut conn =
+        diesel::SqliteConnection::establish(&dir.path().join("data.db").to_string_lossy())
+            .expect("open");
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    let tables: Vec<String> =
+        diesel::sql_query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .load::<Name>(&mut conn)
+            .expect("tables")
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+    assert!(
+        tables.contains(&"users".to_owned()) && tables.contains(&"todos".to_owned()),
+        "{tables:?}"
+    );
+    // Running it again is a no-op.
+    let again = todoql(dir.path())
+        .args(["migrate", "--database-url", "sqlite://data.db"])
+        .output()
+        .expect("runs");
+    assert!(again.status.success());
+}
+
+/// A running server process; killed if the test fails half-way.
+struct Running {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `todoql` (serve) in `dir` and waits for the "listening on" line.
+fn serve(dir: &Path, args: &[&str]) -> Running {
+    let mut child = todoql(dir)
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim_end_matches("/graphql").to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server logs its address");
+    Running { child, addr }
+}
+
+fn post(addr: &str, token: Option<&str>, query: &str, variables: Value) -> Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{addr}/graphql"))
+            .json(&json!({"query": query, "variables": variables}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+            .send()
+            .await
+            .expect("sent")
+            .json::<Value>()
+            .await
+            .expect("json")
+    })
+}
+
+fn terminate(running: &mut Running) -> std::process::ExitStatus {
+    let pid = i32::try_from(running.child.id()).expect("pid");
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let started = Instant::now();
+    loop {
+        if let Some(status) = running.child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serves_from_dot_env_on_port_0_and_keeps_its_generated_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join(".env"),
+        "LISTEN_ADDR=127.0.0.1:0\nBCRYPT_COST=4\nDATABASE_URL=sqlite://app.db\n",
+    )
+    .expect(".env");
+    let mut first = serve(dir.path(), &[]);
+    assert!(
+        !first.addr.ends_with(":0"),
+        "the log names the real port: {}",
+        first.addr
+    );
+    let signup = post(
+        &first.addr,
+        None,
+        "mutation { signup(input: {email: \"op@example.com\", password: \"password1\"}) { token } }",
+        json!({}),
+    );
+    let token = signup["data"]["signup"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(terminate(&mut first).code(), Some(0), "SIGTERM exits 0");
+
+    let key = dir.path().join("app.db.jwt-secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&key)
+                .expect("key file")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+    // A restart on the same file reuses the key: old tokens stay valid.
+    let mut second = serve(dir.path(), &[]);
+    let me = post(&second.addr, Some(&token), "{ me { email } }", json!({}));
+    assert_eq!(
+        me["data"]["me"]["email"], "op@example.com",
+        "the token survives a restart: {me}"
+    );
+    assert_eq!(terminate(&mut second).code(), Some(0));
+
+    // Flags win over .env: another database (with a key of its own) does not
+    // know the account.
+    let mut third = serve(dir.path(), &["--database-url", "sqlite://other.db"]);
+    let me = post(&third.addr, Some(&token), "{ me { email } }", json!({}));
+    assert_eq!(
+        me["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{me}"
+    );
+    assert!(dir.path().join("other.db").exists());
+    assert_eq!(terminate(&mut third).code(), Some(0));
+}
