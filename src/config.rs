@@ -98,7 +98,7 @@ pub struct ConfigArgs {
     #[arg(
         long,
         env = "MAX_QUERY_COMPLEXITY",
-        default_value = "2000",
+        default_value = "5000",
         global = true
     )]
     pub max_query_complexity: String,

@@ -1,6 +1,7 @@
 //! The GraphQL schema: each domain owns its part, merged at the root.
 
 pub mod errors;
+pub mod limits;
 pub mod scalars;
 pub mod subscription;
 pub mod todo;
@@ -36,7 +37,9 @@ pub fn schema(app: Arc<App>, limits: &Limits) -> TodoqlSchema {
     let mut builder = builder()
         .data(app)
         .extension(errors::ErrorCodes)
-        .limit_depth(limits.max_depth)
+        .extension(limits::DepthLimit {
+            max_depth: limits.max_depth,
+        })
         .limit_complexity(limits.max_complexity);
     if !limits.introspection {
         builder = builder.disable_introspection();

@@ -13,6 +13,7 @@ backend_tests!(
     graphiql_and_probes_are_served,
     cors_allows_only_configured_origins,
     oversized_bodies_are_refused,
+    limits_admit_real_queries_and_refuse_abusive_ones,
 );
 
 async fn get_runs_queries_and_refuses_mutations(app: TestApp) {
@@ -281,4 +282,42 @@ async fn oversized_bodies_are_refused(app: TestApp) {
         .await
         .expect("sent");
     assert_eq!(response.status(), 200, "the server keeps serving");
+}
+
+async fn limits_admit_real_queries_and_refuse_abusive_ones(app: TestApp) {
+    let user = app.signup("limits@example.com").await;
+    // What GraphiQL and code generators send.
+    let introspection = include_str!("fixtures/introspection.graphql");
+    let data = app.gql(None, introspection, json!({})).await.ok();
+    assert_eq!(data["__schema"]["queryType"]["name"], "Query");
+    // The biggest honest page: 100 todos with every field, twice over.
+    let full_page = "{ todos(first: 100) {
+        edges { cursor node { id title description completed createdAt updatedAt } }
+        nodes { id title description completed createdAt updatedAt }
+        pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
+        totalCount } }";
+    app.gql(Some(&user.token), full_page, json!({})).await.ok();
+    // Too deep: rejected before any resolver runs.
+    // Too deep (13 levels through fragments): refused before anything runs.
+    let deep = "{ todos { edges { node { ...N } } } } fragment N on Todo { ...N2 }
+        fragment N2 on Todo { id }";
+    app.gql(Some(&user.token), deep, json!({})).await.ok();
+    // No real query is that deep, so the document is also invalid; the depth
+    // check runs first, before validation and long before any resolver.
+    let too_deep = format!("{{ {}id{} }}", "me { ".repeat(12), " }".repeat(12));
+    let response = app.gql(Some(&user.token), &too_deep, json!({})).await;
+    response.expect_code("GRAPHQL_VALIDATION_FAILED");
+    assert!(
+        response
+            .message()
+            .is_some_and(|m| m.contains("13 levels deep")),
+        "{}",
+        response.0
+    );
+    // Too complex: many aliased full pages.
+    let aliases: String = (0..8).map(|i| format!("p{i}: todos(first: 100) {{ nodes {{ id title description completed createdAt updatedAt }} }} ")).collect();
+    let response = app
+        .gql(Some(&user.token), &format!("{{ {aliases} }}"), json!({}))
+        .await;
+    response.expect_code("GRAPHQL_VALIDATION_FAILED");
 }
