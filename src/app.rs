@@ -11,9 +11,10 @@ use crate::auth::Auth;
 use crate::auth::password::PasswordHasher;
 use crate::auth::token::{self, TokenKeys};
 use crate::config::Config;
+use crate::config::DatabaseUrl;
 use crate::db::{self, Db};
 use crate::error::{AppError, AppResult};
-use crate::events::Events;
+use crate::events::{self, HubMessage};
 use crate::graphql;
 use crate::http::{self, HttpState};
 
@@ -25,7 +26,9 @@ pub struct App {
     pub config: Config,
     pub db: Db,
     pub auth: Auth,
-    pub events: Events,
+    /// Set to true once on shutdown; WebSocket connections and the event
+    /// listener watch it.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// A bound, ready server. Binding happens in [`Server::build`], so the port
@@ -46,41 +49,33 @@ impl Server {
         }
         let secret = token::load_or_create_secret(&config)?;
         let applied = db::migrations::run(&config.database_url).await?;
-        tracing::info!(
-            backend = config.database_url.backend_name(),
-            applied,
-            "database migrated"
-        );
+        tracing::info!(backend = config.database_url.backend_name(), applied, "database migrated");
         let db = Db::connect(&config).await?;
         let auth = Auth {
             hasher: PasswordHasher::new(config.bcrypt_cost, config.bcrypt_concurrency),
             tokens: TokenKeys::new(&secret, config.jwt_ttl),
         };
-        let listener = TcpListener::bind(config.listen_addr).await.map_err(|e| {
-            AppError::Internal(format!("cannot listen on {}: {e}", config.listen_addr))
-        })?;
-        let app = Arc::new(App {
-            config,
-            db,
-            auth,
-            events: Events::new(),
-        });
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| AppError::Internal(format!("cannot listen on {}: {e}", config.listen_addr)))?;
+        let app = Arc::new(App { config, db, auth, shutdown: tokio::sync::watch::Sender::new(false) });
+        if let DatabaseUrl::Postgres(url) = &app.config.database_url {
+            // One LISTEN connection per instance fans every instance's
+            // writes out to this instance's subscribers.
+            tokio::spawn(events::postgres::listen(
+                url.clone(),
+                app.db.clone(),
+                Arc::clone(&app.db.hub),
+                app.shutdown.subscribe(),
+            ));
+        }
         let schema = graphql::schema(app.clone(), &app.config.limits);
-        let router = http::router(HttpState {
-            app: app.clone(),
-            schema,
-        });
-        Ok(Self {
-            listener,
-            router,
-            app,
-        })
+        let router = http::router(HttpState { app: app.clone(), schema });
+        Ok(Self { listener, router, app })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.app.config.listen_addr)
+        self.listener.local_addr().unwrap_or(self.app.config.listen_addr)
     }
 
     pub fn app(&self) -> &Arc<App> {
@@ -89,16 +84,17 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
     /// requests finish (for at most `SHUTDOWN_GRACE`) and returns.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let addr = self.local_addr();
         tracing::info!("listening on http://{addr}/graphql");
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = Arc::clone(&self.app);
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests");
+            tracing::info!("shutting down: finishing in-flight requests, closing subscriptions");
+            // WebSockets are not part of axum's graceful shutdown: tell them.
+            app.shutdown.send_replace(true);
+            app.db.hub.broadcast(HubMessage::Shutdown);
             let _ = stopping_tx.send(());
         });
         let grace_expired = async move {

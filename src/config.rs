@@ -55,12 +55,7 @@ pub struct ConfigArgs {
     )]
     pub database_url: String,
     /// Address to bind; port 0 picks a free port.
-    #[arg(
-        long,
-        env = "LISTEN_ADDR",
-        default_value = "127.0.0.1:8000",
-        global = true
-    )]
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8000", global = true)]
     pub listen_addr: String,
     /// HS256 signing key, at least 32 bytes.
     #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true)]
@@ -72,12 +67,7 @@ pub struct ConfigArgs {
     #[arg(long, env = "BCRYPT_COST", default_value = "10", global = true)]
     pub bcrypt_cost: String,
     /// Comma-separated exact origins allowed by CORS.
-    #[arg(
-        long,
-        env = "CORS_ORIGINS",
-        default_value = "http://localhost:3000",
-        global = true
-    )]
+    #[arg(long, env = "CORS_ORIGINS", default_value = "http://localhost:3000", global = true)]
     pub cors_origins: String,
     /// Database pool size.
     #[arg(long, env = "DATABASE_POOL_SIZE", global = true)]
@@ -95,12 +85,7 @@ pub struct ConfigArgs {
     #[arg(long, env = "MAX_QUERY_DEPTH", default_value = "12", global = true)]
     pub max_query_depth: String,
     /// Maximum query complexity (fields selected, lists weighted by `first`).
-    #[arg(
-        long,
-        env = "MAX_QUERY_COMPLEXITY",
-        default_value = "5000",
-        global = true
-    )]
+    #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value = "5000", global = true)]
     pub max_query_complexity: String,
     /// Maximum operations in one batched request.
     #[arg(long, env = "MAX_BATCH_SIZE", default_value = "10", global = true)]
@@ -111,6 +96,16 @@ pub struct ConfigArgs {
     /// Per-request timeout (humantime).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", global = true)]
     pub request_timeout: String,
+    /// Open subscriptions allowed per user.
+    #[arg(long, env = "MAX_SUBSCRIPTIONS_PER_USER", default_value = "25", global = true)]
+    pub max_subscriptions_per_user: String,
+    /// Open subscriptions allowed per instance.
+    #[arg(long, env = "MAX_SUBSCRIPTIONS", default_value = "10000", global = true)]
+    pub max_subscriptions: String,
+    /// How often a live subscription re-checks that its token is still valid
+    /// (revocations also arrive as events; this is the backstop).
+    #[arg(long, env = "SUBSCRIPTION_RECHECK", default_value = "30s", global = true)]
+    pub subscription_recheck: String,
     /// Whether schema introspection is allowed.
     #[arg(long, env = "INTROSPECTION", default_value = "true", global = true)]
     pub introspection: String,
@@ -126,10 +121,7 @@ pub enum DatabaseUrl {
 impl DatabaseUrl {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
-        if let Some(path) = raw
-            .strip_prefix("sqlite://")
-            .or_else(|| raw.strip_prefix("sqlite:"))
-        {
+        if let Some(path) = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")) {
             // Each pooled connection to `:memory:` would see its own empty
             // database, so refuse it rather than lose data silently.
             if path.is_empty() || path.contains(":memory:") || path.starts_with("file:") {
@@ -213,6 +205,9 @@ pub struct Config {
     pub bcrypt_concurrency: usize,
     pub cors_origins: CorsOrigins,
     pub database_pool_size: Option<u32>,
+    pub subscriptions_per_user: usize,
+    pub subscriptions_per_instance: usize,
+    pub subscription_recheck: Duration,
     pub log_format: LogFormat,
     pub dev: bool,
     pub limits: Limits,
@@ -228,9 +223,7 @@ fn bad(msg: impl Into<String>) -> ConfigError {
 }
 
 fn parse_number<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, ConfigError> {
-    raw.trim()
-        .parse()
-        .map_err(|_| bad(format!("{name}: expected a whole number, got {raw:?}")))
+    raw.trim().parse().map_err(|_| bad(format!("{name}: expected a whole number, got {raw:?}")))
 }
 
 fn parse_duration(name: &str, raw: &str) -> Result<Duration, ConfigError> {
@@ -251,24 +244,16 @@ fn parse_bool(name: &str, raw: &str) -> Result<bool, ConfigError> {
 }
 
 fn parse_origins(raw: &str, dev: bool) -> Result<CorsOrigins, ConfigError> {
-    let origins: Vec<String> = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|o| !o.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let origins: Vec<String> =
+        raw.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
     if origins.iter().any(|o| o == "*") {
         if !dev {
-            return Err(bad(
-                "CORS_ORIGINS: '*' is only allowed with --dev; list exact origins instead",
-            ));
+            return Err(bad("CORS_ORIGINS: '*' is only allowed with --dev; list exact origins instead"));
         }
         return Ok(CorsOrigins::Any);
     }
     for origin in &origins {
-        let rest = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"));
+        let rest = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
         let valid = rest.is_some_and(|host| !host.is_empty() && !host.contains('/'))
             && http::HeaderValue::from_str(origin).is_ok();
         if !valid {
@@ -284,10 +269,7 @@ impl Config {
     pub fn from_args(args: &ConfigArgs) -> Result<Self, ConfigError> {
         let database_url = DatabaseUrl::parse(&args.database_url).map_err(bad)?;
         let listen_addr = args.listen_addr.trim().parse().map_err(|_| {
-            bad(format!(
-                "LISTEN_ADDR: expected HOST:PORT such as 127.0.0.1:8000, got {:?}",
-                args.listen_addr
-            ))
+            bad(format!("LISTEN_ADDR: expected HOST:PORT such as 127.0.0.1:8000, got {:?}", args.listen_addr))
         })?;
 
         let jwt_secret = match args.jwt_secret.as_deref() {
@@ -308,9 +290,7 @@ impl Config {
 
         let bcrypt_cost: u32 = parse_number("BCRYPT_COST", &args.bcrypt_cost)?;
         if !(4..=31).contains(&bcrypt_cost) {
-            return Err(bad(format!(
-                "BCRYPT_COST must be between 4 and 31 (got {bcrypt_cost})"
-            )));
+            return Err(bad(format!("BCRYPT_COST must be between 4 and 31 (got {bcrypt_cost})")));
         }
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let bcrypt_concurrency = match &args.bcrypt_concurrency {
@@ -332,12 +312,8 @@ impl Config {
             None => None,
         };
 
-        let log_format = LogFormat::from_str(args.log_format.trim(), true).map_err(|_| {
-            bad(format!(
-                "LOG_FORMAT must be pretty or json (got {:?})",
-                args.log_format
-            ))
-        })?;
+        let log_format = LogFormat::from_str(args.log_format.trim(), true)
+            .map_err(|_| bad(format!("LOG_FORMAT must be pretty or json (got {:?})", args.log_format)))?;
 
         let limits = Limits {
             max_depth: parse_number("MAX_QUERY_DEPTH", &args.max_query_depth)?,
@@ -366,6 +342,12 @@ impl Config {
             bcrypt_concurrency,
             cors_origins: parse_origins(&args.cors_origins, args.dev)?,
             database_pool_size,
+            subscriptions_per_user: parse_number(
+                "MAX_SUBSCRIPTIONS_PER_USER",
+                &args.max_subscriptions_per_user,
+            )?,
+            subscriptions_per_instance: parse_number("MAX_SUBSCRIPTIONS", &args.max_subscriptions)?,
+            subscription_recheck: parse_duration("SUBSCRIPTION_RECHECK", &args.subscription_recheck)?,
             log_format,
             dev: args.dev,
             limits,
@@ -375,8 +357,7 @@ impl Config {
     /// The configuration used by tests and embedders: defaults for everything
     /// but the database.
     pub fn for_database(url: &str) -> Result<Self, ConfigError> {
-        let cli = Cli::try_parse_from(["todoql", "--database-url", url])
-            .map_err(|e| bad(e.to_string()))?;
+        let cli = Cli::try_parse_from(["todoql", "--database-url", url]).map_err(|e| bad(e.to_string()))?;
         Self::from_args(&cli.args)
     }
 }
@@ -401,18 +382,9 @@ mod tests {
 
     #[test]
     fn database_urls() {
-        assert_eq!(
-            DatabaseUrl::parse("sqlite://todoql.db"),
-            Ok(DatabaseUrl::Sqlite("todoql.db".into()))
-        );
-        assert_eq!(
-            DatabaseUrl::parse("sqlite:///tmp/x.db"),
-            Ok(DatabaseUrl::Sqlite("/tmp/x.db".into()))
-        );
-        assert!(matches!(
-            DatabaseUrl::parse("postgresql://u@h/db"),
-            Ok(DatabaseUrl::Postgres(_))
-        ));
+        assert_eq!(DatabaseUrl::parse("sqlite://todoql.db"), Ok(DatabaseUrl::Sqlite("todoql.db".into())));
+        assert_eq!(DatabaseUrl::parse("sqlite:///tmp/x.db"), Ok(DatabaseUrl::Sqlite("/tmp/x.db".into())));
+        assert!(matches!(DatabaseUrl::parse("postgresql://u@h/db"), Ok(DatabaseUrl::Postgres(_))));
         assert!(DatabaseUrl::parse("mysql://x").is_err());
         assert!(DatabaseUrl::parse("sqlite://:memory:").is_err());
         assert!(DatabaseUrl::parse("sqlite://").is_err());
@@ -433,10 +405,7 @@ mod tests {
         assert_eq!(config.listen_addr.to_string(), "127.0.0.1:8000");
         assert_eq!(config.jwt_ttl, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(config.bcrypt_cost, 10);
-        assert_eq!(
-            config.cors_origins,
-            CorsOrigins::List(vec!["http://localhost:3000".into()])
-        );
+        assert_eq!(config.cors_origins, CorsOrigins::List(vec!["http://localhost:3000".into()]));
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert_eq!(config.limits.max_depth, 12);
         assert_eq!(config.limits.max_batch_size, 10);
@@ -484,8 +453,7 @@ mod tests {
         assert_eq!(config.jwt_ttl, Duration::from_secs(900));
         assert_eq!(config.bcrypt_cost, 4);
         assert_eq!(config.log_format, LogFormat::Json);
-        let origins =
-            parse(&["--cors-origins", "http://a.test, https://b.test:8443"]).expect("valid");
+        let origins = parse(&["--cors-origins", "http://a.test, https://b.test:8443"]).expect("valid");
         assert_eq!(
             origins.cors_origins,
             CorsOrigins::List(vec!["http://a.test".into(), "https://b.test:8443".into()])

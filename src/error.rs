@@ -19,6 +19,8 @@ pub enum ErrorCode {
     NotFound,
     RateLimited,
     ServiceUnavailable,
+    TooManySubscriptions,
+    EventsLost,
     InternalServerError,
 }
 
@@ -31,6 +33,8 @@ impl ErrorCode {
             Self::NotFound => "NOT_FOUND",
             Self::RateLimited => "RATE_LIMITED",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Self::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
+            Self::EventsLost => "EVENTS_LOST",
             Self::InternalServerError => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -53,8 +57,11 @@ pub enum AppError {
     },
     /// The database is unreachable or the pool is exhausted; worth retrying.
     Unavailable(String),
-    /// A subscriber fell too far behind and events were dropped for it.
-    SubscriberLagged,
+    /// Events may have been missed (a slow subscriber, or the PostgreSQL
+    /// listener reconnecting): the client must re-fetch and subscribe again.
+    EventsLost,
+    /// A cap on open subscriptions was reached.
+    TooManySubscriptions(&'static str),
     /// Anything unexpected. The detail is logged, never sent.
     Internal(String),
 }
@@ -63,10 +70,7 @@ pub type AppResult<T> = Result<T, AppError>;
 
 impl AppError {
     pub fn bad_input(field: &'static str, message: impl Into<String>) -> Self {
-        Self::BadUserInput {
-            field,
-            message: message.into(),
-        }
+        Self::BadUserInput { field, message: message.into() }
     }
 
     pub fn internal(cause: impl fmt::Display) -> Self {
@@ -80,7 +84,9 @@ impl AppError {
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
-            Self::Unavailable(_) | Self::SubscriberLagged => ErrorCode::ServiceUnavailable,
+            Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
+            Self::EventsLost => ErrorCode::EventsLost,
+            Self::TooManySubscriptions(_) => ErrorCode::TooManySubscriptions,
             Self::Internal(_) => ErrorCode::InternalServerError,
         }
     }
@@ -88,15 +94,16 @@ impl AppError {
     /// The message a client may see.
     pub fn public_message(&self) -> String {
         match self {
-            Self::Unauthenticated(m) | Self::Conflict(m) | Self::NotFound(m) => (*m).to_owned(),
+            Self::Unauthenticated(m)
+            | Self::Conflict(m)
+            | Self::NotFound(m)
+            | Self::TooManySubscriptions(m) => (*m).to_owned(),
             Self::BadUserInput { message, .. } => message.clone(),
             Self::RateLimited { retry_after_secs } => {
                 format!("Too many attempts; try again in {retry_after_secs} s")
             }
             Self::Unavailable(_) => "The service is temporarily unavailable; try again".to_owned(),
-            Self::SubscriberLagged => {
-                "Events were dropped because this subscription fell behind; re-fetch and subscribe again".to_owned()
-            }
+            Self::EventsLost => "Events may have been missed; re-fetch and subscribe again".to_owned(),
             Self::Internal(_) => INTERNAL_MESSAGE.to_owned(),
         }
     }
@@ -127,9 +134,7 @@ impl From<AppError> for async_graphql::Error {
         extensions.set("code", error.code().as_str());
         match &error {
             AppError::BadUserInput { field, .. } => extensions.set("field", *field),
-            AppError::RateLimited { retry_after_secs } => {
-                extensions.set("retryAfter", *retry_after_secs)
-            }
+            AppError::RateLimited { retry_after_secs } => extensions.set("retryAfter", *retry_after_secs),
             _ => {}
         }
         gql.extensions = Some(extensions);
@@ -171,8 +176,7 @@ mod tests {
 
     #[test]
     fn internal_errors_hide_their_cause() {
-        let gql: async_graphql::Error =
-            AppError::internal("relation \"users\" does not exist").into();
+        let gql: async_graphql::Error = AppError::internal("relation \"users\" does not exist").into();
         assert_eq!(gql.message, INTERNAL_MESSAGE);
         assert_eq!(code_of(&gql).as_deref(), Some("INTERNAL_SERVER_ERROR"));
         let gql: async_graphql::Error = diesel::result::Error::NotFound.into_app().into();
@@ -183,20 +187,11 @@ mod tests {
     fn codes_and_extensions() {
         let gql: async_graphql::Error = AppError::bad_input("title", "too long").into();
         assert_eq!(code_of(&gql).as_deref(), Some("BAD_USER_INPUT"));
-        let field = gql
-            .extensions
-            .as_ref()
-            .and_then(|e| e.get("field").cloned());
+        let field = gql.extensions.as_ref().and_then(|e| e.get("field").cloned());
         assert_eq!(field, Some(async_graphql::Value::from("title")));
-        let gql: async_graphql::Error = AppError::RateLimited {
-            retry_after_secs: 42,
-        }
-        .into();
+        let gql: async_graphql::Error = AppError::RateLimited { retry_after_secs: 42 }.into();
         assert_eq!(code_of(&gql).as_deref(), Some("RATE_LIMITED"));
-        let retry = gql
-            .extensions
-            .as_ref()
-            .and_then(|e| e.get("retryAfter").cloned());
+        let retry = gql.extensions.as_ref().and_then(|e| e.get("retryAfter").cloned());
         assert_eq!(retry, Some(async_graphql::Value::from(42u64)));
     }
 

@@ -24,13 +24,9 @@ async fn main() -> ExitCode {
             print!("{}", todoql::graphql::sdl());
             Ok(())
         }
-        Command::Migrate => {
-            todoql::db::migrations::run(&config.database_url)
-                .await
-                .map(|applied| {
-                    tracing::info!(applied, "migrations applied");
-                })
-        }
+        Command::Migrate => todoql::db::migrations::run(&config.database_url).await.map(|applied| {
+            tracing::info!(applied, "migrations applied");
+        }),
         Command::Serve => match Server::build(config).await {
             Ok(server) => server
                 .run_until(todoql::app::shutdown_signal())

@@ -93,10 +93,7 @@ impl TodoFilter {
             }
             Some(term) => Some(like_pattern(&fold(term))),
         };
-        Ok(Self {
-            completed,
-            search_pattern,
-        })
+        Ok(Self { completed, search_pattern })
     }
 }
 
@@ -136,10 +133,7 @@ pub struct TodoOrder {
 impl Default for TodoOrder {
     /// Newest first.
     fn default() -> Self {
-        Self {
-            field: OrderField::CreatedAt,
-            direction: Direction::Desc,
-        }
+        Self { field: OrderField::CreatedAt, direction: Direction::Desc }
     }
 }
 
@@ -170,11 +164,7 @@ impl Cursor {
             OrderField::UpdatedAt => CursorKey::Time(todo.updated_at),
             OrderField::Title => CursorKey::Title(todo.title.clone()),
         };
-        Self {
-            order,
-            key,
-            id: todo.id,
-        }
+        Self { order, key, id: todo.id }
     }
 
     pub fn encode(&self) -> String {
@@ -192,19 +182,14 @@ impl Cursor {
             CursorKey::Title(title) => title.clone(),
         };
         // The key goes last: a title may contain the separator.
-        let plain = format!(
-            "{CURSOR_VERSION}|{field}{direction}|{}|{key}",
-            self.id.0.hyphenated()
-        );
+        let plain = format!("{CURSOR_VERSION}|{field}{direction}|{}|{key}", self.id.0.hyphenated());
         URL_SAFE_NO_PAD.encode(plain)
     }
 
     /// Decodes a cursor given as `after`, for the ordering of this request.
     pub fn decode(encoded: &str, order: TodoOrder) -> AppResult<Self> {
         let invalid = || AppError::bad_input("after", "Invalid cursor");
-        let bytes = URL_SAFE_NO_PAD
-            .decode(encoded.trim_end_matches('='))
-            .map_err(|_| invalid())?;
+        let bytes = URL_SAFE_NO_PAD.decode(encoded.trim_end_matches('=')).map_err(|_| invalid())?;
         let plain = String::from_utf8(bytes).map_err(|_| invalid())?;
         let mut parts = plain.splitn(4, '|');
         let (Some(CURSOR_VERSION), Some(kind), Some(id), Some(key)) =
@@ -222,10 +207,7 @@ impl Cursor {
             _ => return Err(invalid()),
         };
         if (TodoOrder { field, direction }) != order {
-            return Err(AppError::bad_input(
-                "after",
-                "This cursor belongs to a different orderBy",
-            ));
+            return Err(AppError::bad_input("after", "This cursor belongs to a different orderBy"));
         }
         let id = uuid::Uuid::parse_str(id).map(DbId).map_err(|_| invalid())?;
         let key = match field {
@@ -260,20 +242,12 @@ impl PageRequest {
                 return Err(AppError::bad_input("first", "first must not be negative"));
             }
             Some(n) if n as usize > MAX_PAGE_SIZE => {
-                return Err(AppError::bad_input(
-                    "first",
-                    format!("first must be at most {MAX_PAGE_SIZE}"),
-                ));
+                return Err(AppError::bad_input("first", format!("first must be at most {MAX_PAGE_SIZE}")));
             }
             Some(n) => n as usize,
         };
         let after = after.map(|c| Cursor::decode(c, order)).transpose()?;
-        Ok(Self {
-            first,
-            after,
-            order,
-            filter,
-        })
+        Ok(Self { first, after, order, filter })
     }
 }
 
@@ -295,18 +269,11 @@ mod tests {
     #[test]
     fn cursors_round_trip_for_every_order() {
         let todo = sample();
-        for field in [
-            OrderField::CreatedAt,
-            OrderField::UpdatedAt,
-            OrderField::Title,
-        ] {
+        for field in [OrderField::CreatedAt, OrderField::UpdatedAt, OrderField::Title] {
             for direction in [Direction::Asc, Direction::Desc] {
                 let order = TodoOrder { field, direction };
                 let cursor = Cursor::for_todo(order, &todo);
-                assert_eq!(
-                    Cursor::decode(&cursor.encode(), order).expect("decodes"),
-                    cursor
-                );
+                assert_eq!(Cursor::decode(&cursor.encode(), order).expect("decodes"), cursor);
             }
         }
     }
@@ -314,21 +281,10 @@ mod tests {
     #[test]
     fn cursors_from_another_order_or_garbage_are_refused() {
         let cursor = Cursor::for_todo(TodoOrder::default(), &sample()).encode();
-        let other = TodoOrder {
-            field: OrderField::Title,
-            direction: Direction::Asc,
-        };
+        let other = TodoOrder { field: OrderField::Title, direction: Direction::Asc };
         assert!(Cursor::decode(&cursor, other).is_err());
-        for garbage in [
-            "",
-            "xyz",
-            "!!!",
-            &URL_SAFE_NO_PAD.encode("v1|cd|not-a-uuid|x"),
-        ] {
-            assert!(
-                Cursor::decode(garbage, TodoOrder::default()).is_err(),
-                "{garbage}"
-            );
+        for garbage in ["", "xyz", "!!!", &URL_SAFE_NO_PAD.encode("v1|cd|not-a-uuid|x")] {
+            assert!(Cursor::decode(garbage, TodoOrder::default()).is_err(), "{garbage}");
         }
     }
 

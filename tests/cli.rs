@@ -32,60 +32,39 @@ fn bad_configuration_stops_with_one_clear_line() {
         (&[("LOG_FORMAT", "yaml")], "LOG_FORMAT"),
     ];
     for (env, expected) in cases {
-        let output = todoql(dir.path())
-            .envs(env.iter().copied())
-            .output()
-            .expect("runs");
+        let output = todoql(dir.path()).envs(env.iter().copied()).output().expect("runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "{env:?}: one line, got {stderr}"
-        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{env:?}: one line, got {stderr}");
         assert!(stderr.contains(expected), "{env:?}: {stderr}");
     }
     // No database file was created by a refused start.
     assert!(!dir.path().join("todoql.db").exists());
     // `*` is fine in development.
-    let output = todoql(dir.path())
-        .env("CORS_ORIGINS", "*")
-        .args(["--dev", "print-schema"])
-        .output()
-        .expect("runs");
+    let output =
+        todoql(dir.path()).env("CORS_ORIGINS", "*").args(["--dev", "print-schema"]).output().expect("runs");
     assert!(output.status.success());
 }
 
 #[test]
 fn print_schema_prints_the_committed_schema() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = todoql(dir.path())
-        .arg("print-schema")
-        .output()
-        .expect("runs");
+    let output = todoql(dir.path()).arg("print-schema").output().expect("runs");
     assert!(output.status.success());
-    let committed =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql"))
-            .expect("schema");
+    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql"))
+        .expect("schema");
     assert_eq!(String::from_utf8_lossy(&output.stdout), committed);
 }
 
 #[test]
 fn migrate_creates_the_tables_and_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = todoql(dir.path())
-        .args(["migrate", "--database-url", "sqlite://data.db"])
-        .output()
-        .expect("runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output =
+        todoql(dir.path()).args(["migrate", "--database-url", "sqlite://data.db"]).output().expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     use diesel::{Connection as _, RunQueryDsl as _};
     let mut conn =
-        diesel::SqliteConnection::establish(&dir.path().join("data.db").to_string_lossy())
-            .expect("open");
+        diesel::SqliteConnection::establish(&dir.path().join("data.db").to_string_lossy()).expect("open");
     #[derive(diesel::QueryableByName)]
     struct Name {
         #[diesel(sql_type = diesel::sql_types::Text)]
@@ -98,15 +77,10 @@ fn migrate_creates_the_tables_and_exits() {
             .into_iter()
             .map(|n| n.name)
             .collect();
-    assert!(
-        tables.contains(&"users".to_owned()) && tables.contains(&"todos".to_owned()),
-        "{tables:?}"
-    );
+    assert!(tables.contains(&"users".to_owned()) && tables.contains(&"todos".to_owned()), "{tables:?}");
     // Running it again is a no-op.
-    let again = todoql(dir.path())
-        .args(["migrate", "--database-url", "sqlite://data.db"])
-        .output()
-        .expect("runs");
+    let again =
+        todoql(dir.path()).args(["migrate", "--database-url", "sqlite://data.db"]).output().expect("runs");
     assert!(again.status.success());
 }
 
@@ -125,12 +99,8 @@ impl Drop for Running {
 
 /// Starts `todoql` (serve) in `dir` and waits for the "listening on" line.
 fn serve(dir: &Path, args: &[&str]) -> Running {
-    let mut child = todoql(dir)
-        .args(args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawns");
+    let mut child =
+        todoql(dir).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawns");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -140,17 +110,12 @@ fn serve(dir: &Path, args: &[&str]) -> Running {
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server logs its address");
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the server logs its address");
     Running { child, addr }
 }
 
 fn post(addr: &str, token: Option<&str>, query: &str, variables: Value) -> Value {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let mut request = reqwest::Client::new()
             .post(format!("http://{addr}/graphql"))
@@ -158,13 +123,7 @@ fn post(addr: &str, token: Option<&str>, query: &str, variables: Value) -> Value
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        request
-            .send()
-            .await
-            .expect("sent")
-            .json::<Value>()
-            .await
-            .expect("json")
+        request.send().await.expect("sent").json::<Value>().await.expect("json")
     })
 }
 
@@ -179,10 +138,7 @@ fn terminate(running: &mut Running) -> std::process::ExitStatus {
         if let Some(status) = running.child.try_wait().expect("wait") {
             return status;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no exit after SIGTERM"
-        );
+        assert!(started.elapsed() < Duration::from_secs(20), "no exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -196,53 +152,33 @@ fn serves_from_dot_env_on_port_0_and_keeps_its_generated_key() {
     )
     .expect(".env");
     let mut first = serve(dir.path(), &[]);
-    assert!(
-        !first.addr.ends_with(":0"),
-        "the log names the real port: {}",
-        first.addr
-    );
+    assert!(!first.addr.ends_with(":0"), "the log names the real port: {}", first.addr);
     let signup = post(
         &first.addr,
         None,
         "mutation { signup(input: {email: \"op@example.com\", password: \"password1\"}) { token } }",
         json!({}),
     );
-    let token = signup["data"]["signup"]["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = signup["data"]["signup"]["token"].as_str().expect("token").to_owned();
     assert_eq!(terminate(&mut first).code(), Some(0), "SIGTERM exits 0");
 
     let key = dir.path().join("app.db.jwt-secret");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(
-            std::fs::metadata(&key)
-                .expect("key file")
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&key).expect("key file").permissions().mode() & 0o777, 0o600);
     }
     // A restart on the same file reuses the key: old tokens stay valid.
     let mut second = serve(dir.path(), &[]);
     let me = post(&second.addr, Some(&token), "{ me { email } }", json!({}));
-    assert_eq!(
-        me["data"]["me"]["email"], "op@example.com",
-        "the token survives a restart: {me}"
-    );
+    assert_eq!(me["data"]["me"]["email"], "op@example.com", "the token survives a restart: {me}");
     assert_eq!(terminate(&mut second).code(), Some(0));
 
     // Flags win over .env: another database (with a key of its own) does not
     // know the account.
     let mut third = serve(dir.path(), &["--database-url", "sqlite://other.db"]);
     let me = post(&third.addr, Some(&token), "{ me { email } }", json!({}));
-    assert_eq!(
-        me["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
-        "{me}"
-    );
+    assert_eq!(me["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{me}");
     assert!(dir.path().join("other.db").exists());
     assert_eq!(terminate(&mut third).code(), Some(0));
 }

@@ -6,8 +6,7 @@ use std::path::Path;
 
 use async_graphql::parser::parse_schema;
 use async_graphql::parser::types::{
-    BaseType, InputValueDefinition, ServiceDocument, Type, TypeDefinition, TypeKind,
-    TypeSystemDefinition,
+    BaseType, InputValueDefinition, ServiceDocument, Type, TypeDefinition, TypeKind, TypeSystemDefinition,
 };
 
 const REGENERATE: &str = "regenerate it with: cargo run -- print-schema > schema.graphql";
@@ -23,10 +22,7 @@ fn root() -> &'static Path {
 #[test]
 fn committed_schema_matches_the_code() {
     let committed = read(&root().join("schema.graphql"));
-    assert!(
-        committed == todoql::graphql::sdl(),
-        "schema.graphql is out of date; {REGENERATE}"
-    );
+    assert!(committed == todoql::graphql::sdl(), "schema.graphql is out of date; {REGENERATE}");
 }
 
 /// The contract as handed to us; the vendored copy in tests/contract keeps
@@ -40,9 +36,7 @@ fn contract() -> String {
             "the contract in ../shared changed: copy it to tests/contract/schema.graphql and re-check"
         );
     } else {
-        eprintln!(
-            "warning: ../shared/contract/schema.graphql not found; checking the vendored copy"
-        );
+        eprintln!("warning: ../shared/contract/schema.graphql not found; checking the vendored copy");
     }
     vendored
 }
@@ -52,9 +46,7 @@ fn types(document: &ServiceDocument) -> HashMap<String, TypeDefinition> {
         .definitions
         .iter()
         .filter_map(|definition| match definition {
-            TypeSystemDefinition::Type(ty) => {
-                Some((ty.node.name.node.to_string(), ty.node.clone()))
-            }
+            TypeSystemDefinition::Type(ty) => Some((ty.node.name.node.to_string(), ty.node.clone())),
             _ => None,
         })
         .collect()
@@ -70,14 +62,12 @@ fn same_base(contract: &BaseType, server: &BaseType, compatible: fn(&Type, &Type
 
 /// A field may promise more (non-null where the contract allows null).
 fn output_compatible(contract: &Type, server: &Type) -> bool {
-    (contract.nullable || !server.nullable)
-        && same_base(&contract.base, &server.base, output_compatible)
+    (contract.nullable || !server.nullable) && same_base(&contract.base, &server.base, output_compatible)
 }
 
 /// An argument may demand less (nullable where the contract requires a value).
 fn input_compatible(contract: &Type, server: &Type) -> bool {
-    (!contract.nullable || server.nullable)
-        && same_base(&contract.base, &server.base, input_compatible)
+    (!contract.nullable || server.nullable) && same_base(&contract.base, &server.base, input_compatible)
 }
 
 fn check_inputs(
@@ -90,11 +80,12 @@ fn check_inputs(
         let name = &wanted.node.name.node;
         match server.iter().find(|s| &s.node.name.node == name) {
             None => problems.push(format!("{owner}: missing {name}")),
-            Some(found) if !input_compatible(&wanted.node.ty.node, &found.node.ty.node) => problems
-                .push(format!(
+            Some(found) if !input_compatible(&wanted.node.ty.node, &found.node.ty.node) => {
+                problems.push(format!(
                     "{owner}.{name}: {} is not compatible with the contract's {}",
                     found.node.ty.node, wanted.node.ty.node
-                )),
+                ))
+            }
             Some(_) => {}
         }
     }
@@ -102,9 +93,7 @@ fn check_inputs(
         let name = &extra.node.name.node;
         let required = !extra.node.ty.node.nullable && extra.node.default_value.is_none();
         if required && !contract.iter().any(|c| &c.node.name.node == name) {
-            problems.push(format!(
-                "{owner}.{name}: a new required input breaks existing clients"
-            ));
+            problems.push(format!("{owner}.{name}: a new required input breaks existing clients"));
         }
     }
 }
@@ -148,11 +137,7 @@ fn breaking_changes(contract: &str, server: &str) -> Vec<String> {
             }
             (TypeKind::Enum(a), TypeKind::Enum(b)) => {
                 for value in &a.values {
-                    if !b
-                        .values
-                        .iter()
-                        .any(|v| v.node.value.node == value.node.value.node)
-                    {
+                    if !b.values.iter().any(|v| v.node.value.node == value.node.value.node) {
                         problems.push(format!("{name}.{} is missing", value.node.value.node));
                     }
                 }
@@ -174,25 +159,16 @@ fn breaking_changes(contract: &str, server: &str) -> Vec<String> {
 #[test]
 fn schema_is_a_non_breaking_superset_of_the_contract() {
     let problems = breaking_changes(&contract(), &todoql::graphql::sdl());
-    assert!(
-        problems.is_empty(),
-        "breaking differences from the contract:\n{}",
-        problems.join("\n")
-    );
+    assert!(problems.is_empty(), "breaking differences from the contract:\n{}", problems.join("\n"));
 }
 
 /// The check itself must be able to fail.
 #[test]
 fn the_compatibility_check_catches_breaking_changes() {
-    let contract =
-        "type Query { a(x: Int!): String, b: [Int!]! } input I { f: String! } enum E { A B }";
+    let contract = "type Query { a(x: Int!): String, b: [Int!]! } input I { f: String! } enum E { A B }";
     assert!(breaking_changes(contract, contract).is_empty());
     let fine = "type Query { a(x: Int, y: Int): String!, b: [Int!]!, c: Int } input I { f: String, g: Int } enum E { A B C }";
-    assert!(
-        breaking_changes(contract, fine).is_empty(),
-        "{:?}",
-        breaking_changes(contract, fine)
-    );
+    assert!(breaking_changes(contract, fine).is_empty(), "{:?}", breaking_changes(contract, fine));
     for broken in [
         "type Query { a(x: Int!): String } input I { f: String! } enum E { A B }",
         "type Query { a(x: Int!): String, b: [Int] } input I { f: String! } enum E { A B }",
@@ -203,9 +179,6 @@ fn the_compatibility_check_catches_breaking_changes() {
         "type Query { a(x: Int!): String, b: [Int!]! } enum E { A B }",
         "type Query { a: Int, b: [Int!]! } input I { f: String! } enum E { A B }",
     ] {
-        assert!(
-            !breaking_changes(contract, broken).is_empty(),
-            "not caught: {broken}"
-        );
+        assert!(!breaking_changes(contract, broken).is_empty(), "not caught: {broken}");
     }
 }

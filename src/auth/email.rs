@@ -56,18 +56,12 @@ mod tests {
 
     #[test]
     fn normalises() {
-        assert_eq!(
-            normalize("  Alice@Example.COM ").ok().as_deref(),
-            Some("alice@example.com")
-        );
+        assert_eq!(normalize("  Alice@Example.COM ").ok().as_deref(), Some("alice@example.com"));
         assert_eq!(
             normalize("o'neil+tag@sub.example.co.uk").ok().as_deref(),
             Some("o'neil+tag@sub.example.co.uk")
         );
-        assert_eq!(
-            normalize("JOSÉ@exämple.de").ok().as_deref(),
-            Some("josé@exämple.de")
-        );
+        assert_eq!(normalize("JOSÉ@exämple.de").ok().as_deref(), Some("josé@exämple.de"));
     }
 
     #[test]

@@ -4,7 +4,16 @@ use crate::db::users::User;
 use crate::db::{self, Db};
 use crate::error::{AppError, AppResult};
 
-use super::token::{INVALID_TOKEN, TokenKeys};
+use super::token::{Claims, INVALID_TOKEN, TokenKeys};
+
+/// What a WebSocket connection remembers of the token it was opened with, so
+/// its subscriptions can end when the token expires or is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSession {
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub version: i32,
+}
 
 /// The token in an `Authorization: Bearer <token>` value. A missing header or
 /// an empty token (GraphiQL's prefilled `Bearer `) means anonymous; any other
@@ -15,9 +24,7 @@ pub fn bearer_token(value: Option<&str>) -> AppResult<Option<&str>> {
     };
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AppError::Unauthenticated(
-            "Authorization must use the Bearer scheme",
-        ));
+        return Err(AppError::Unauthenticated("Authorization must use the Bearer scheme"));
     }
     let token = token.trim();
     Ok(if token.is_empty() { None } else { Some(token) })
@@ -27,17 +34,18 @@ pub fn bearer_token(value: Option<&str>) -> AppResult<Option<&str>> {
 /// deleted or whose version predates a password change or logoutEverywhere.
 #[tracing::instrument(skip_all)]
 pub async fn authenticate(db: &Db, keys: &TokenKeys, token: &str) -> AppResult<User> {
-    let claims = keys.verify(token)?;
-    let user_id = claims
-        .user_id()
-        .ok_or(AppError::Unauthenticated(INVALID_TOKEN))?;
-    let user = db::users::find(db, user_id)
-        .await?
-        .ok_or(AppError::Unauthenticated(INVALID_TOKEN))?;
+    authenticate_session(db, keys, token).await.map(|(user, _)| user)
+}
+
+/// [`authenticate`], also returning the token's expiry and version.
+pub async fn authenticate_session(db: &Db, keys: &TokenKeys, token: &str) -> AppResult<(User, TokenSession)> {
+    let claims: Claims = keys.verify(token)?;
+    let user_id = claims.user_id().ok_or(AppError::Unauthenticated(INVALID_TOKEN))?;
+    let user = db::users::find(db, user_id).await?.ok_or(AppError::Unauthenticated(INVALID_TOKEN))?;
     if user.token_version != claims.ver {
         return Err(AppError::Unauthenticated(INVALID_TOKEN));
     }
-    Ok(user)
+    Ok((user, TokenSession { expires_at: claims.exp, version: claims.ver }))
 }
 
 #[cfg(test)]

@@ -76,27 +76,21 @@ impl Auth {
         self.sign_in(user)
     }
 
-    /// Deletes the account; returns the ids of the todos deleted with it.
+    /// Deletes the account and its todos.
     #[tracing::instrument(skip_all, fields(user_id = %user.id.0))]
-    pub async fn delete_account(
-        &self,
-        db: &Db,
-        user: &User,
-        password: &str,
-    ) -> AppResult<Vec<DbId>> {
+    pub async fn delete_account(&self, db: &Db, user: &User, password: &str) -> AppResult<()> {
         let hash = self.verified_hash(db, user.id, password).await?;
-        db::users::delete(db, user.id, &hash)
-            .await?
-            .ok_or(AppError::Unauthenticated(WRONG_PASSWORD))
+        db::users::delete(db, user.id, &hash).await?.ok_or(AppError::Unauthenticated(WRONG_PASSWORD))?;
+        tracing::info!("account deleted");
+        Ok(())
     }
 
     /// The stored hash, once `password` is shown to match it.
     async fn verified_hash(&self, db: &Db, user_id: DbId, password: &str) -> AppResult<String> {
-        let hash = db::users::password_hash(db, user_id)
-            .await?
-            .ok_or(AppError::Unauthenticated(WRONG_PASSWORD))?;
-        let matches = password.len() <= password::MAX_PASSWORD_BYTES
-            && self.hasher.verify(password, &hash).await?;
+        let hash =
+            db::users::password_hash(db, user_id).await?.ok_or(AppError::Unauthenticated(WRONG_PASSWORD))?;
+        let matches =
+            password.len() <= password::MAX_PASSWORD_BYTES && self.hasher.verify(password, &hash).await?;
         if !matches {
             return Err(AppError::Unauthenticated(WRONG_PASSWORD));
         }

@@ -87,17 +87,9 @@ impl PasswordHasher {
         T: Send + 'static,
     {
         let started = Instant::now();
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(AppError::internal)?;
+        let permit = self.permits.clone().acquire_owned().await.map_err(AppError::internal)?;
         let waited = started.elapsed().min(Duration::from_secs(3600));
-        self.queue_wait.fetch_add(
-            waited.as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.queue_wait.fetch_add(waited.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()

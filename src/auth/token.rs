@@ -97,9 +97,7 @@ pub fn load_or_create_secret(config: &Config) -> AppResult<Secret> {
         return Ok(secret.clone());
     }
     let DatabaseUrl::Sqlite(db_path) = &config.database_url else {
-        return Err(AppError::Internal(
-            "JWT_SECRET is required with PostgreSQL".into(),
-        ));
+        return Err(AppError::Internal("JWT_SECRET is required with PostgreSQL".into()));
     };
     let path = secret_path(db_path);
     match std::fs::read_to_string(&path) {
@@ -123,18 +121,12 @@ pub fn load_or_create_secret(config: &Config) -> AppResult<Secret> {
             );
             Ok(Secret::new(secret.into_bytes()))
         }
-        Err(e) => Err(AppError::Internal(format!(
-            "cannot read {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(AppError::Internal(format!("cannot read {}: {e}", path.display()))),
     }
 }
 
 pub fn secret_path(db_path: &Path) -> PathBuf {
-    let mut name = db_path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "todoql.db".into());
+    let mut name = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "todoql.db".into());
     name.push(".jwt-secret");
     db_path.with_file_name(name)
 }
@@ -162,12 +154,7 @@ mod tests {
     }
 
     fn user() -> User {
-        User {
-            id: DbId::new(),
-            email: "a@b.test".into(),
-            token_version: 3,
-            created_at: DbTime::now(),
-        }
+        User { id: DbId::new(), email: "a@b.test".into(), token_version: 3, created_at: DbTime::now() }
     }
 
     fn forge(header: Header, claims: &serde_json::Value, key: &[u8]) -> String {
@@ -189,68 +176,26 @@ mod tests {
         let now = Utc::now().timestamp();
         let good = serde_json::json!({"sub": DbId::new().0, "email": "a@b.test", "iat": now, "exp": now + 60, "ver": 0});
         let key = "k".repeat(32);
+        assert!(keys().verify(&forge(Header::new(Algorithm::HS256), &good, key.as_bytes())).is_ok());
+        assert!(keys().verify(&forge(Header::new(Algorithm::HS384), &good, key.as_bytes())).is_err());
+        assert!(keys().verify(&forge(Header::new(Algorithm::HS512), &good, key.as_bytes())).is_err());
         assert!(
             keys()
-                .verify(&forge(Header::new(Algorithm::HS256), &good, key.as_bytes()))
-                .is_ok()
-        );
-        assert!(
-            keys()
-                .verify(&forge(Header::new(Algorithm::HS384), &good, key.as_bytes()))
+                .verify(&forge(Header::new(Algorithm::HS256), &good, b"another key of thirty-two bytes!"))
                 .is_err()
         );
-        assert!(
-            keys()
-                .verify(&forge(Header::new(Algorithm::HS512), &good, key.as_bytes()))
-                .is_err()
-        );
-        assert!(
-            keys()
-                .verify(&forge(
-                    Header::new(Algorithm::HS256),
-                    &good,
-                    b"another key of thirty-two bytes!"
-                ))
-                .is_err()
-        );
-        let expired = serde_json::json!({"sub": "x", "email": "e", "iat": now - 120, "exp": now - 1, "ver": 0});
-        assert!(
-            keys()
-                .verify(&forge(
-                    Header::new(Algorithm::HS256),
-                    &expired,
-                    key.as_bytes()
-                ))
-                .is_err()
-        );
+        let expired =
+            serde_json::json!({"sub": "x", "email": "e", "iat": now - 120, "exp": now - 1, "ver": 0});
+        assert!(keys().verify(&forge(Header::new(Algorithm::HS256), &expired, key.as_bytes())).is_err());
         let no_exp = serde_json::json!({"sub": "x", "email": "e", "iat": now, "ver": 0});
-        assert!(
-            keys()
-                .verify(&forge(
-                    Header::new(Algorithm::HS256),
-                    &no_exp,
-                    key.as_bytes()
-                ))
-                .is_err()
-        );
+        assert!(keys().verify(&forge(Header::new(Algorithm::HS256), &no_exp, key.as_bytes())).is_err());
         let future = serde_json::json!({"sub": "x", "email": "e", "iat": now, "exp": now + 60, "nbf": now + 30, "ver": 0});
-        assert!(
-            keys()
-                .verify(&forge(
-                    Header::new(Algorithm::HS256),
-                    &future,
-                    key.as_bytes()
-                ))
-                .is_err()
-        );
+        assert!(keys().verify(&forge(Header::new(Algorithm::HS256), &future, key.as_bytes())).is_err());
         // alg "none": header and payload with an empty signature.
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let none = format!(
-            "{}.{}.",
-            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
-            b64.encode(good.to_string())
-        );
+        let none =
+            format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), b64.encode(good.to_string()));
         assert!(keys().verify(&none).is_err());
         assert!(keys().verify("not a token").is_err());
     }
@@ -267,10 +212,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(secret_path(&db))
-                .expect("exists")
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(secret_path(&db)).expect("exists").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -27,13 +27,9 @@ pub async fn run(url: &DatabaseUrl) -> AppResult<usize> {
         }
         DatabaseUrl::Sqlite(path) => {
             use diesel::Connection as _;
-            let mut conn =
-                diesel::SqliteConnection::establish(&path.to_string_lossy()).map_err(|e| {
-                    AppError::Unavailable(format!(
-                        "cannot open SQLite database {}: {e}",
-                        path.display()
-                    ))
-                })?;
+            let mut conn = diesel::SqliteConnection::establish(&path.to_string_lossy()).map_err(|e| {
+                AppError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display()))
+            })?;
             diesel::connection::SimpleConnection::batch_execute(
                 &mut conn,
                 "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;",

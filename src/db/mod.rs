@@ -11,18 +11,18 @@ pub mod todos;
 pub mod types;
 pub mod users;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::SqliteConnection;
-use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
-};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::FutureExt;
 
 use crate::config::{Config, DatabaseUrl};
 use crate::error::{AppError, AppResult};
+use crate::events::Hub;
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 pub type PgPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
@@ -40,7 +40,14 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 
 /// The database, as seen by the rest of the server. Cheap to clone.
 #[derive(Clone)]
-pub enum Db {
+pub struct Db {
+    pub pools: Pools,
+    /// Where committed writes announce their changes (see `events`).
+    pub hub: Arc<Hub>,
+}
+
+#[derive(Clone)]
+pub enum Pools {
     Postgres(PgPool),
     /// SQLite allows one writer at a time. Routing every write through a pool
     /// of one connection queues writers in the application instead of letting
@@ -56,15 +63,15 @@ pub enum Db {
 /// evaluate to an `AppResult`.
 macro_rules! read {
     ($db:expr, |$conn:ident| $body:expr) => {
-        match $db {
-            $crate::db::Db::Postgres(pool) => {
+        match &$db.pools {
+            $crate::db::Pools::Postgres(pool) => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::postgres::*;
                 let mut pooled = pool.get().await?;
                 let $conn = &mut *pooled;
                 $body
             }
-            $crate::db::Db::Sqlite { readers, .. } => {
+            $crate::db::Pools::Sqlite { readers, .. } => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::sqlite::*;
                 let mut pooled = readers.get().await?;
@@ -80,15 +87,15 @@ macro_rules! read {
 /// read-then-write body never fails to upgrade its lock.
 macro_rules! write {
     ($db:expr, |$conn:ident| $body:expr) => {
-        match $db {
-            $crate::db::Db::Postgres(pool) => {
+        match &$db.pools {
+            $crate::db::Pools::Postgres(pool) => {
                 use diesel_async::AsyncConnection as _;
                 #[allow(unused_imports)]
                 use $crate::db::schema::postgres::*;
                 let mut pooled = pool.get().await?;
                 pooled.transaction(async |$conn| $body).await
             }
-            $crate::db::Db::Sqlite { writer, .. } => {
+            $crate::db::Pools::Sqlite { writer, .. } => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::sqlite::*;
                 let mut pooled = writer.get().await?;
@@ -98,12 +105,80 @@ macro_rules! write {
     };
 }
 
-pub(crate) use {read, write};
+/// Like [`write!`], for writes that subscribers hear about: `$body` returns
+/// `(value, Notice)`. On PostgreSQL the notice is a NOTIFY inside the
+/// transaction (delivered on commit, in commit order, to every instance). On
+/// SQLite it is published after the commit while the single writer
+/// connection is still held, which keeps notices in commit order too.
+macro_rules! write_announced {
+    ($db:expr, |$conn:ident| $body:expr) => {{
+        let db: &$crate::db::Db = $db;
+        match &db.pools {
+            $crate::db::Pools::Postgres(pool) => {
+                use diesel_async::AsyncConnection as _;
+                #[allow(unused_imports)]
+                use $crate::db::schema::postgres::*;
+                let mut pooled = pool.get().await?;
+                pooled
+                    .transaction(async |$conn| {
+                        let announced: Result<(_, $crate::events::Notice), $crate::error::AppError> = $body;
+                        let (value, notice) = announced?;
+                        if !notice.is_empty() {
+                            $crate::events::postgres::notify($conn, &notice).await?;
+                        }
+                        Ok(value)
+                    })
+                    .await
+            }
+            $crate::db::Pools::Sqlite { writer, .. } => {
+                #[allow(unused_imports)]
+                use $crate::db::schema::sqlite::*;
+                let mut pooled = writer.get().await?;
+                let committed: Result<(_, $crate::events::Notice), $crate::error::AppError> =
+                    pooled.immediate_transaction(async |$conn| $body).await;
+                committed.map(|(value, notice)| {
+                    if !notice.is_empty() {
+                        db.hub.publish(&notice);
+                    }
+                    drop(pooled);
+                    value
+                })
+            }
+        }
+    }};
+}
+
+pub(crate) use {read, write, write_announced};
 
 impl Db {
-    /// Opens the pools (lazily: a database that is down at start-up is not
-    /// fatal for the pool itself, migrations will report it).
     pub async fn connect(config: &Config) -> AppResult<Self> {
+        let pools = Pools::connect(config)?;
+        // SQLite's hub is live from the start; PostgreSQL's once its listener is.
+        let live = matches!(pools, Pools::Sqlite { .. });
+        let hub = Arc::new(Hub::new(config.subscriptions_per_user, config.subscriptions_per_instance, live));
+        Ok(Self { pools, hub })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.pools {
+            Pools::Postgres(_) => "postgres",
+            Pools::Sqlite { .. } => "sqlite",
+        }
+    }
+
+    /// A cheap round trip, for `/readyz`.
+    pub async fn ping(&self) -> AppResult<()> {
+        read!(self, |conn| {
+            diesel::sql_query("SELECT 1").execute(conn).await?;
+            Ok(())
+        })
+    }
+}
+
+impl Pools {
+    /// Opens the pools lazily: a database that is down at start-up is
+    /// reported by the migrations, and the pools recover when it is back.
+    fn connect(config: &Config) -> AppResult<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
         match &config.database_url {
             DatabaseUrl::Postgres(url) => {
@@ -130,29 +205,12 @@ impl Db {
                     }
                 }
                 let url = path.to_string_lossy().into_owned();
-                let readers = config
-                    .database_pool_size
-                    .map_or(2 * cores, |n| n.saturating_sub(1).max(1));
+                let readers = config.database_pool_size.map_or(2 * cores, |n| n.saturating_sub(1).max(1));
                 let writer = sqlite_pool(&url, 1);
                 let readers = sqlite_pool(&url, readers);
                 Ok(Self::Sqlite { writer, readers })
             }
         }
-    }
-
-    pub fn backend_name(&self) -> &'static str {
-        match self {
-            Self::Postgres(_) => "postgres",
-            Self::Sqlite { .. } => "sqlite",
-        }
-    }
-
-    /// A cheap round trip, for `/readyz`.
-    pub async fn ping(&self) -> AppResult<()> {
-        read!(self, |conn| {
-            diesel::sql_query("SELECT 1").execute(conn).await?;
-            Ok(())
-        })
     }
 }
 
@@ -177,8 +235,5 @@ fn sqlite_pool(url: &str, size: u32) -> SqlitePool {
         .boxed()
     });
     let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
-    bb8::Pool::builder()
-        .max_size(size)
-        .connection_timeout(POOL_WAIT)
-        .build_unchecked(manager)
+    bb8::Pool::builder().max_size(size).connection_timeout(POOL_WAIT).build_unchecked(manager)
 }

@@ -5,8 +5,9 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::types::{DbId, DbTime};
-use super::{Db, read, write};
+use super::{Db, read, write_announced};
 use crate::error::AppResult;
+use crate::events::{Notice, TodoChange};
 use crate::todos::{
     CursorKey, Direction, NewTodo, OrderField, PageRequest, Todo, TodoFilter, TodoPatch, fold,
 };
@@ -14,14 +15,7 @@ use crate::todos::{
 /// The columns of [`Todo`], for whichever backend's `todos` is in scope.
 macro_rules! todo_columns {
     () => {
-        (
-            todos::id,
-            todos::title,
-            todos::description,
-            todos::completed,
-            todos::created_at,
-            todos::updated_at,
-        )
+        (todos::id, todos::title, todos::description, todos::completed, todos::created_at, todos::updated_at)
     };
 }
 
@@ -51,21 +45,13 @@ macro_rules! order_and_seek {
         match $direction {
             Direction::Asc => {
                 if let Some((key, id)) = $after {
-                    $query = $query.filter(
-                        $column
-                            .ge(key.clone())
-                            .and($column.gt(key).or(todos::id.gt(id))),
-                    );
+                    $query = $query.filter($column.ge(key.clone()).and($column.gt(key).or(todos::id.gt(id))));
                 }
                 $query.order_by(($column.asc(), todos::id.asc()))
             }
             Direction::Desc => {
                 if let Some((key, id)) = $after {
-                    $query = $query.filter(
-                        $column
-                            .le(key.clone())
-                            .and($column.lt(key).or(todos::id.lt(id))),
-                    );
+                    $query = $query.filter($column.le(key.clone()).and($column.lt(key).or(todos::id.lt(id))));
                 }
                 $query.order_by(($column.desc(), todos::id.desc()))
             }
@@ -90,28 +76,19 @@ pub async fn list(db: &Db, owner: DbId, page: &PageRequest) -> AppResult<Vec<Tod
     let limit = i64::try_from(page.first + 1).unwrap_or(i64::MAX);
     let after = page.after.as_ref().map(|c| (c.key.clone(), c.id));
     read!(db, |conn| {
-        let mut query = todos::table
-            .filter(todos::owner_id.eq(owner))
-            .select(todo_columns!())
-            .into_boxed();
+        let mut query = todos::table.filter(todos::owner_id.eq(owner)).select(todo_columns!()).into_boxed();
         apply_filter!(query, &page.filter);
         let time_after = |after: Option<(CursorKey, DbId)>| match after {
             Some((CursorKey::Time(t), id)) => Some((t, id)),
             _ => None,
         };
         let query = match page.order.field {
-            OrderField::CreatedAt => order_and_seek!(
-                query,
-                todos::created_at,
-                page.order.direction,
-                time_after(after)
-            ),
-            OrderField::UpdatedAt => order_and_seek!(
-                query,
-                todos::updated_at,
-                page.order.direction,
-                time_after(after)
-            ),
+            OrderField::CreatedAt => {
+                order_and_seek!(query, todos::created_at, page.order.direction, time_after(after))
+            }
+            OrderField::UpdatedAt => {
+                order_and_seek!(query, todos::updated_at, page.order.direction, time_after(after))
+            }
             OrderField::Title => {
                 let after = match after {
                     Some((CursorKey::Title(t), id)) => Some((t, id)),
@@ -137,8 +114,8 @@ pub async fn insert(db: &Db, owner: DbId, new: NewTodo) -> AppResult<Todo> {
     let id = DbId::new();
     let title_search = fold(&new.title);
     let description_search = new.description.as_deref().map(fold).unwrap_or_default();
-    write!(db, |conn| {
-        Ok(diesel::insert_into(todos::table)
+    write_announced!(db, |conn| {
+        let todo = diesel::insert_into(todos::table)
             .values((
                 todos::id.eq(id),
                 todos::owner_id.eq(owner),
@@ -152,7 +129,8 @@ pub async fn insert(db: &Db, owner: DbId, new: NewTodo) -> AppResult<Todo> {
             ))
             .returning(todo_columns!())
             .get_result::<Todo>(conn)
-            .await?)
+            .await?;
+        Ok((todo.clone(), Notice::changes(owner, vec![TodoChange::Created(todo)])))
     })
 }
 
@@ -161,51 +139,48 @@ pub async fn insert(db: &Db, owner: DbId, new: NewTodo) -> AppResult<Todo> {
 pub async fn update(db: &Db, owner: DbId, id: DbId, patch: TodoPatch) -> AppResult<Option<Todo>> {
     let now = DbTime::now();
     let title_search = patch.title.as_deref().map(fold);
-    let description_search = patch
-        .description
-        .as_ref()
-        .map(|d| d.as_deref().map(fold).unwrap_or_default());
-    write!(db, |conn| {
-        Ok(
-            diesel::update(todos::table.filter(todos::owner_id.eq(owner).and(todos::id.eq(id))))
-                .set((
-                    patch.title.as_ref().map(|t| todos::title.eq(t)),
-                    title_search.as_ref().map(|t| todos::title_search.eq(t)),
-                    patch.description.as_ref().map(|d| todos::description.eq(d)),
-                    description_search
-                        .as_ref()
-                        .map(|d| todos::description_search.eq(d)),
-                    patch.completed.map(|c| todos::completed.eq(c)),
-                    todos::updated_at.eq(now),
-                ))
-                .returning(todo_columns!())
-                .get_result::<Todo>(conn)
-                .await
-                .optional()?,
-        )
+    let description_search = patch.description.as_ref().map(|d| d.as_deref().map(fold).unwrap_or_default());
+    write_announced!(db, |conn| {
+        let todo = diesel::update(todos::table.filter(todos::owner_id.eq(owner).and(todos::id.eq(id))))
+            .set((
+                patch.title.as_ref().map(|t| todos::title.eq(t)),
+                title_search.as_ref().map(|t| todos::title_search.eq(t)),
+                patch.description.as_ref().map(|d| todos::description.eq(d)),
+                description_search.as_ref().map(|d| todos::description_search.eq(d)),
+                patch.completed.map(|c| todos::completed.eq(c)),
+                todos::updated_at.eq(now),
+            ))
+            .returning(todo_columns!())
+            .get_result::<Todo>(conn)
+            .await
+            .optional()?;
+        let changes = todo.iter().cloned().map(TodoChange::Updated).collect();
+        Ok((todo, Notice::changes(owner, changes)))
     })
 }
 
 /// `true` when the caller's todo existed and is now gone.
 pub async fn delete(db: &Db, owner: DbId, id: DbId) -> AppResult<bool> {
-    write!(db, |conn| {
-        let deleted =
-            diesel::delete(todos::table.filter(todos::owner_id.eq(owner).and(todos::id.eq(id))))
-                .execute(conn)
-                .await?;
-        Ok(deleted > 0)
+    write_announced!(db, |conn| {
+        let deleted = diesel::delete(todos::table.filter(todos::owner_id.eq(owner).and(todos::id.eq(id))))
+            .execute(conn)
+            .await?
+            > 0;
+        let changes = if deleted { vec![TodoChange::Deleted(id)] } else { Vec::new() };
+        Ok((deleted, Notice::changes(owner, changes)))
     })
 }
 
 /// Deletes the caller's completed todos; returns their ids.
 pub async fn delete_completed(db: &Db, owner: DbId) -> AppResult<Vec<DbId>> {
-    write!(db, |conn| {
-        Ok(diesel::delete(
-            todos::table.filter(todos::owner_id.eq(owner).and(todos::completed.eq(true))),
-        )
-        .returning(todos::id)
-        .get_results::<DbId>(conn)
-        .await?)
+    write_announced!(db, |conn| {
+        let ids =
+            diesel::delete(todos::table.filter(todos::owner_id.eq(owner).and(todos::completed.eq(true))))
+                .returning(todos::id)
+                .get_results::<DbId>(conn)
+                .await?;
+        let changes = ids.iter().copied().map(TodoChange::Deleted).collect();
+        Ok((ids, Notice::changes(owner, changes)))
     })
 }
 
@@ -213,17 +188,15 @@ pub async fn delete_completed(db: &Db, owner: DbId) -> AppResult<Vec<DbId>> {
 /// todos that changed.
 pub async fn set_all_completed(db: &Db, owner: DbId, completed: bool) -> AppResult<Vec<Todo>> {
     let now = DbTime::now();
-    write!(db, |conn| {
-        Ok(diesel::update(
-            todos::table.filter(
-                todos::owner_id
-                    .eq(owner)
-                    .and(todos::completed.ne(completed)),
-            ),
+    write_announced!(db, |conn| {
+        let changed = diesel::update(
+            todos::table.filter(todos::owner_id.eq(owner).and(todos::completed.ne(completed))),
         )
         .set((todos::completed.eq(completed), todos::updated_at.eq(now)))
         .returning(todo_columns!())
         .get_results::<Todo>(conn)
-        .await?)
+        .await?;
+        let changes = changed.iter().cloned().map(TodoChange::Updated).collect();
+        Ok((changed, Notice::changes(owner, changes)))
     })
 }

@@ -82,9 +82,7 @@ impl DbTime {
     }
 
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
-        DateTime::parse_from_rfc3339(text)
-            .ok()
-            .map(|t| Self::from(t.with_timezone(&Utc)))
+        DateTime::parse_from_rfc3339(text).ok().map(|t| Self::from(t.with_timezone(&Utc)))
     }
 }
 
@@ -127,19 +125,13 @@ mod tests {
     #[test]
     fn text_encoding_sorts_like_the_instant() {
         let a = DbTime::from(
-            DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-                .expect("valid")
-                .with_timezone(&Utc),
+            DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("valid").with_timezone(&Utc),
         );
         let b = DbTime::from(
-            DateTime::parse_from_rfc3339("2026-01-01T00:00:00.000001Z")
-                .expect("valid")
-                .with_timezone(&Utc),
+            DateTime::parse_from_rfc3339("2026-01-01T00:00:00.000001Z").expect("valid").with_timezone(&Utc),
         );
         let c = DbTime::from(
-            DateTime::parse_from_rfc3339("2026-01-01T00:00:00.5Z")
-                .expect("valid")
-                .with_timezone(&Utc),
+            DateTime::parse_from_rfc3339("2026-01-01T00:00:00.5Z").expect("valid").with_timezone(&Utc),
         );
         assert!(a.to_rfc3339() < b.to_rfc3339() && b.to_rfc3339() < c.to_rfc3339());
         assert_eq!(a.to_rfc3339(), "2026-01-01T00:00:00.000000Z");

@@ -5,8 +5,9 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::RunQueryDsl;
 
 use super::types::{DbId, DbTime};
-use super::{Db, read, write};
+use super::{Db, read, write, write_announced};
 use crate::error::{AppError, AppResult};
+use crate::events::{Notice, TodoChange};
 
 /// An account as the rest of the server sees it: no password hash.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable)]
@@ -19,12 +20,7 @@ pub struct User {
 
 macro_rules! user_columns {
     () => {
-        (
-            users::id,
-            users::email,
-            users::token_version,
-            users::created_at,
-        )
+        (users::id, users::email, users::token_version, users::created_at)
     };
 }
 
@@ -50,21 +46,14 @@ pub async fn insert(db: &Db, email: &str, password_hash: &str) -> AppResult<User
             .await
     });
     result.map_err(|error| match error {
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-            AppError::Conflict(EMAIL_TAKEN)
-        }
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => AppError::Conflict(EMAIL_TAKEN),
         other => other.into(),
     })
 }
 
 pub async fn find(db: &Db, id: DbId) -> AppResult<Option<User>> {
     read!(db, |conn| {
-        Ok(users::table
-            .find(id)
-            .select(user_columns!())
-            .first::<User>(conn)
-            .await
-            .optional()?)
+        Ok(users::table.find(id).select(user_columns!()).first::<User>(conn).await.optional()?)
     })
 }
 
@@ -82,72 +71,70 @@ pub async fn find_by_email(db: &Db, email: &str) -> AppResult<Option<(User, Stri
 
 pub async fn password_hash(db: &Db, id: DbId) -> AppResult<Option<String>> {
     read!(db, |conn| {
-        Ok(users::table
-            .find(id)
-            .select(users::password_hash)
-            .first::<String>(conn)
-            .await
-            .optional()?)
+        Ok(users::table.find(id).select(users::password_hash).first::<String>(conn).await.optional()?)
     })
 }
 
 /// Replaces the hash and revokes every earlier token, provided the hash is
 /// still `old_hash` (two concurrent changes cannot both win). `None` when the
 /// account is gone or its password changed in between.
-pub async fn change_password(
-    db: &Db,
-    id: DbId,
-    old_hash: &str,
-    new_hash: &str,
-) -> AppResult<Option<User>> {
+pub async fn change_password(db: &Db, id: DbId, old_hash: &str, new_hash: &str) -> AppResult<Option<User>> {
     let now = DbTime::now();
-    write!(db, |conn| {
-        Ok(diesel::update(
-            users::table.filter(users::id.eq(id).and(users::password_hash.eq(old_hash))),
-        )
-        .set((
-            users::password_hash.eq(new_hash),
-            users::token_version.eq(users::token_version + 1),
-            users::updated_at.eq(now),
-        ))
-        .returning(user_columns!())
-        .get_result::<User>(conn)
-        .await
-        .optional()?)
+    write_announced!(db, |conn| {
+        let user =
+            diesel::update(users::table.filter(users::id.eq(id).and(users::password_hash.eq(old_hash))))
+                .set((
+                    users::password_hash.eq(new_hash),
+                    users::token_version.eq(users::token_version + 1),
+                    users::updated_at.eq(now),
+                ))
+                .returning(user_columns!())
+                .get_result::<User>(conn)
+                .await
+                .optional()?;
+        Ok((user.clone(), revocation(id, user.as_ref())))
     })
 }
 
 /// Revokes every token issued so far. `None` when the account is gone.
 pub async fn bump_token_version(db: &Db, id: DbId) -> AppResult<Option<User>> {
     let now = DbTime::now();
-    write!(db, |conn| {
-        Ok(diesel::update(users::table.find(id))
-            .set((
-                users::token_version.eq(users::token_version + 1),
-                users::updated_at.eq(now),
-            ))
+    write_announced!(db, |conn| {
+        let user = diesel::update(users::table.find(id))
+            .set((users::token_version.eq(users::token_version + 1), users::updated_at.eq(now)))
             .returning(user_columns!())
             .get_result::<User>(conn)
             .await
-            .optional()?)
+            .optional()?;
+        Ok((user.clone(), revocation(id, user.as_ref())))
     })
+}
+
+/// Tells the user's live subscriptions that older tokens stopped working.
+fn revocation(id: DbId, user: Option<&User>) -> Notice {
+    match user {
+        Some(user) => Notice::revoked(id, user.token_version),
+        None => Notice::changes(id, Vec::new()),
+    }
 }
 
 /// Deletes the account (its todos go with it, ON DELETE CASCADE) provided the
 /// password hash is still the one that was verified. Returns the ids of the
 /// todos that were deleted with it.
 pub async fn delete(db: &Db, id: DbId, verified_hash: &str) -> AppResult<Option<Vec<DbId>>> {
-    write!(db, |conn| {
-        let todo_ids = todos::table
-            .filter(todos::owner_id.eq(id))
-            .select(todos::id)
-            .load::<DbId>(conn)
-            .await?;
-        let deleted = diesel::delete(
-            users::table.filter(users::id.eq(id).and(users::password_hash.eq(verified_hash))),
-        )
-        .execute(conn)
-        .await?;
-        Ok(if deleted == 1 { Some(todo_ids) } else { None })
+    write_announced!(db, |conn| {
+        let todo_ids =
+            todos::table.filter(todos::owner_id.eq(id)).select(todos::id).load::<DbId>(conn).await?;
+        let deleted =
+            diesel::delete(users::table.filter(users::id.eq(id).and(users::password_hash.eq(verified_hash))))
+                .execute(conn)
+                .await?;
+        if deleted == 1 {
+            // Every todo went with the account, and so did every token.
+            let changes = todo_ids.iter().copied().map(TodoChange::Deleted).collect();
+            Ok((Some(todo_ids), Notice { owner: id, changes, revoked_below: Some(i32::MAX) }))
+        } else {
+            Ok((None, Notice::changes(id, Vec::new())))
+        }
     })
 }

@@ -9,8 +9,7 @@
 use std::sync::Arc;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextSubscribe,
-    NextValidation,
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextSubscribe, NextValidation,
 };
 use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Variables};
@@ -54,9 +53,7 @@ impl Extension for ErrorCodesExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables)
-            .await
-            .map_err(|error| with_code(error, GRAPHQL_PARSE_FAILED))
+        next.run(ctx, query, variables).await.map_err(|error| with_code(error, GRAPHQL_PARSE_FAILED))
     }
 
     async fn validation(
@@ -65,10 +62,7 @@ impl Extension for ErrorCodesExtension {
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
         next.run(ctx).await.map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|error| with_code(error, GRAPHQL_VALIDATION_FAILED))
-                .collect()
+            errors.into_iter().map(|error| with_code(error, GRAPHQL_VALIDATION_FAILED)).collect()
         })
     }
 }
@@ -84,10 +78,7 @@ fn with_code(mut error: ServerError, code: &str) -> ServerError {
 /// Gives every error of `response` a code.
 pub fn finalize(mut response: Response) -> Response {
     for error in &mut response.errors {
-        let has_code = error
-            .extensions
-            .as_ref()
-            .is_some_and(|e| e.get("code").is_some());
+        let has_code = error.extensions.as_ref().is_some_and(|e| e.get("code").is_some());
         if has_code {
             continue;
         }

@@ -20,9 +20,7 @@ pub struct DepthLimit {
 
 impl ExtensionFactory for DepthLimit {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(DepthLimitExtension {
-            max_depth: self.max_depth,
-        })
+        Arc::new(DepthLimitExtension { max_depth: self.max_depth })
     }
 }
 
@@ -43,16 +41,10 @@ impl Extension for DepthLimitExtension {
         let depth = document_depth(&document);
         if depth > self.max_depth {
             let mut error = ServerError::new(
-                format!(
-                    "The query is nested {depth} levels deep; the limit is {}",
-                    self.max_depth
-                ),
+                format!("The query is nested {depth} levels deep; the limit is {}", self.max_depth),
                 None,
             );
-            error
-                .extensions
-                .get_or_insert_with(Default::default)
-                .set("code", GRAPHQL_VALIDATION_FAILED);
+            error.extensions.get_or_insert_with(Default::default).set("code", GRAPHQL_VALIDATION_FAILED);
             return Err(error);
         }
         Ok(document)
@@ -61,17 +53,8 @@ impl Extension for DepthLimitExtension {
 
 /// The deepest chain of non-introspection fields in any operation.
 pub fn document_depth(document: &ExecutableDocument) -> usize {
-    let mut walker = Walker {
-        document,
-        memo: HashMap::new(),
-        visiting: Vec::new(),
-    };
-    document
-        .operations
-        .iter()
-        .map(|(_, op)| walker.depth(&op.node.selection_set.node))
-        .max()
-        .unwrap_or(0)
+    let mut walker = Walker { document, memo: HashMap::new(), visiting: Vec::new() };
+    document.operations.iter().map(|(_, op)| walker.depth(&op.node.selection_set.node)).max().unwrap_or(0)
 }
 
 struct Walker<'a> {
@@ -91,12 +74,8 @@ impl Walker<'_> {
             let depth = match &selection.node {
                 Selection::Field(field) if field.node.name.node.starts_with("__") => 0,
                 Selection::Field(field) => 1 + self.depth(&field.node.selection_set.node),
-                Selection::InlineFragment(fragment) => {
-                    self.depth(&fragment.node.selection_set.node)
-                }
-                Selection::FragmentSpread(spread) => {
-                    self.fragment_depth(&spread.node.fragment_name.node)
-                }
+                Selection::InlineFragment(fragment) => self.depth(&fragment.node.selection_set.node),
+                Selection::FragmentSpread(spread) => self.fragment_depth(&spread.node.fragment_name.node),
             };
             deepest = deepest.max(depth);
         }
@@ -140,15 +119,9 @@ mod tests {
             3
         );
         assert_eq!(depth("{ ... on Query { me { id } } }"), 2);
-        assert_eq!(
-            depth("{ __schema { types { fields { type { ofType { ofType { name } } } } } } }"),
-            0
-        );
+        assert_eq!(depth("{ __schema { types { fields { type { ofType { ofType { name } } } } } } }"), 0);
         assert_eq!(depth("{ me { __typename } }"), 1);
         // A cycle does not hang the walk (validation reports it).
-        assert_eq!(
-            depth("query { ...A } fragment A on Query { me { id } ...A }"),
-            2
-        );
+        assert_eq!(depth("query { ...A } fragment A on Query { me { id } ...A }"), 2);
     }
 }

@@ -25,11 +25,7 @@ pub struct Mutation(user::UserMutation, todo::TodoMutation);
 pub type TodoqlSchema = Schema<Query, Mutation, subscription::Subscription>;
 
 fn builder() -> SchemaBuilder<Query, Mutation, subscription::Subscription> {
-    Schema::build(
-        Query::default(),
-        Mutation::default(),
-        subscription::Subscription,
-    )
+    Schema::build(Query::default(), Mutation::default(), subscription::Subscription)
 }
 
 /// The schema served by `app`, with the configured limits.
@@ -37,9 +33,7 @@ pub fn schema(app: Arc<App>, limits: &Limits) -> TodoqlSchema {
     let mut builder = builder()
         .data(app)
         .extension(errors::ErrorCodes)
-        .extension(limits::DepthLimit {
-            max_depth: limits.max_depth,
-        })
+        .extension(limits::DepthLimit { max_depth: limits.max_depth })
         .limit_complexity(limits.max_complexity);
     if !limits.introspection {
         builder = builder.disable_introspection();
@@ -65,8 +59,7 @@ impl ContextExt for Context<'_> {
     }
 
     fn current_user(&self) -> AppResult<&User> {
-        self.data_opt::<User>().ok_or(AppError::Unauthenticated(
-            "Sign in to do this: send Authorization: Bearer <token>",
-        ))
+        self.data_opt::<User>()
+            .ok_or(AppError::Unauthenticated("Sign in to do this: send Authorization: Bearer <token>"))
     }
 }

@@ -1,13 +1,19 @@
 //! `todoEvents`: live changes to the caller's todos.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_graphql::{Context, Enum, ID, Object, Result, Subscription};
 use futures_util::Stream;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::ContextExt as _;
 use super::todo::{Todo, id_of};
+use crate::app::App;
+use crate::auth::guard::TokenSession;
+use crate::db::types::DbId;
+use crate::db::users;
 use crate::error::AppError;
-use crate::events::{self, TodoChange};
+use crate::events::{HubMessage, TodoChange};
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
 pub enum TodoEventKind {
@@ -16,12 +22,12 @@ pub enum TodoEventKind {
     Deleted,
 }
 
-pub struct TodoEvent(std::sync::Arc<events::TodoEvent>);
+pub struct TodoEvent(Arc<TodoChange>);
 
 #[Object(name = "TodoEvent")]
 impl TodoEvent {
     async fn kind(&self) -> TodoEventKind {
-        match self.0.change {
+        match *self.0 {
             TodoChange::Created(_) => TodoEventKind::Created,
             TodoChange::Updated(_) => TodoEventKind::Updated,
             TodoChange::Deleted(_) => TodoEventKind::Deleted,
@@ -29,20 +35,20 @@ impl TodoEvent {
     }
 
     async fn todo_id(&self) -> ID {
-        match &self.0.change {
-            TodoChange::Created(todo) | TodoChange::Updated(todo) => id_of(todo.id),
-            TodoChange::Deleted(id) => id_of(*id),
-        }
+        id_of(self.0.todo_id())
     }
 
     /// The todo after the change; null for DELETED.
     async fn todo(&self) -> Option<Todo> {
-        match &self.0.change {
+        match &*self.0 {
             TodoChange::Created(todo) | TodoChange::Updated(todo) => Some(Todo(todo.clone())),
             TodoChange::Deleted(_) => None,
         }
     }
 }
+
+const TOKEN_EXPIRED: &str = "The token expired; reconnect with a fresh one";
+const TOKEN_REVOKED: &str = "The token was revoked; sign in again";
 
 #[derive(Default)]
 pub struct Subscription;
@@ -50,31 +56,69 @@ pub struct Subscription;
 #[Subscription]
 impl Subscription {
     /// Changes to the caller's own todos, from any server instance. Auth via connection_init payload.
-    async fn todo_events(
-        &self,
-        ctx: &Context<'_>,
-    ) -> Result<impl Stream<Item = Result<TodoEvent>> + use<>> {
-        let owner = ctx.current_user()?.id;
-        let receiver = ctx.app().events.subscribe();
-        Ok(futures_util::stream::unfold(
-            Some(receiver),
-            move |state| async move {
-                let mut receiver = state?;
-                loop {
-                    match receiver.recv().await {
-                        Ok(event) if event.owner == owner => {
-                            return Some((Ok(TodoEvent(event)), Some(receiver)));
+    async fn todo_events(&self, ctx: &Context<'_>) -> Result<impl Stream<Item = Result<TodoEvent>> + use<>> {
+        let user = ctx.current_user()?;
+        let owner = user.id;
+        let app: Arc<App> = Arc::clone(ctx.data_unchecked::<Arc<App>>());
+        let session = ctx.data_opt::<TokenSession>().copied();
+        // The connection was authenticated when it opened; a revocation since
+        // then must also stop new subscriptions on it.
+        if let Some(session) = session {
+            check_session(&app, owner, session).await?;
+        }
+        let mut subscription = app.db.hub.subscribe(owner)?;
+        let recheck = app.config.subscription_recheck;
+        Ok(async_stream::stream! {
+            let expiry = session.map_or(Duration::MAX, |s| seconds_until(s.expires_at));
+            let expired = tokio::time::sleep(expiry.min(Duration::from_secs(365 * 86_400)));
+            tokio::pin!(expired);
+            let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + recheck, recheck);
+            loop {
+                tokio::select! {
+                    message = subscription.recv() => match message {
+                        HubMessage::Change(change) => yield Ok(TodoEvent(change)),
+                        HubMessage::Revoked(below) => {
+                            if session.is_some_and(|s| s.version < below) {
+                                yield Err(AppError::Unauthenticated(TOKEN_REVOKED).into());
+                                break;
+                            }
                         }
-                        Ok(_) => continue,
-                        // Dropped events cannot be replayed: end the stream with an
-                        // error so the client re-fetches instead of drifting.
-                        Err(RecvError::Lagged(_)) => {
-                            return Some((Err(AppError::SubscriberLagged.into()), None));
+                        HubMessage::Lost => {
+                            yield Err(AppError::EventsLost.into());
+                            break;
                         }
-                        Err(RecvError::Closed) => return None,
+                        HubMessage::Shutdown => break,
+                    },
+                    () = &mut expired => {
+                        yield Err(AppError::Unauthenticated(TOKEN_EXPIRED).into());
+                        break;
+                    }
+                    _ = recheck.tick(), if session.is_some() => {
+                        if let Some(session) = session {
+                            if let Err(error) = check_session(&app, owner, session).await {
+                                yield Err(error.into());
+                                break;
+                            }
+                        }
                     }
                 }
-            },
-        ))
+            }
+        })
+    }
+}
+
+fn seconds_until(unix_seconds: i64) -> Duration {
+    let now = chrono::Utc::now().timestamp();
+    Duration::from_secs(u64::try_from(unix_seconds.saturating_sub(now)).unwrap_or(0))
+}
+
+/// The token is unexpired and its account exists with the same version.
+async fn check_session(app: &App, owner: DbId, session: TokenSession) -> Result<(), AppError> {
+    if seconds_until(session.expires_at).is_zero() {
+        return Err(AppError::Unauthenticated(TOKEN_EXPIRED));
+    }
+    match users::find(&app.db, owner).await? {
+        Some(user) if user.token_version == session.version => Ok(()),
+        _ => Err(AppError::Unauthenticated(TOKEN_REVOKED)),
     }
 }

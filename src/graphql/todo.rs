@@ -7,7 +7,6 @@ use super::scalars::DateTime;
 use crate::db;
 use crate::db::types::DbId;
 use crate::error::AppError;
-use crate::events::TodoChange;
 use crate::todos::{self, Cursor, Direction, NewTodo, OrderField, PageRequest, TodoPatch};
 
 pub struct Todo(pub todos::Todo);
@@ -182,11 +181,7 @@ impl UpdateTodoInput {
             }
             MaybeUndefined::Value(completed) => Some(completed),
         };
-        Ok(TodoPatch {
-            title,
-            description,
-            completed,
-        })
+        Ok(TodoPatch { title, description, completed })
     }
 }
 
@@ -222,12 +217,7 @@ impl TodoQuery {
         let mut rows = db::todos::list(&ctx.app().db, user.id, &page).await?;
         let has_next_page = rows.len() > page.first;
         rows.truncate(page.first);
-        Ok(TodoConnection {
-            owner: user.id,
-            page,
-            todos: rows,
-            has_next_page,
-        })
+        Ok(TodoConnection { owner: user.id, page, todos: rows, has_next_page })
     }
 }
 
@@ -245,8 +235,6 @@ impl TodoMutation {
             completed: input.completed.unwrap_or(false),
         };
         let todo = db::todos::insert(&app.db, user.id, new).await?;
-        app.events
-            .publish(user.id, [TodoChange::Created(todo.clone())]);
         Ok(Todo(todo))
     }
 
@@ -259,8 +247,6 @@ impl TodoMutation {
         let todo = db::todos::update(&app.db, user.id, id, patch)
             .await?
             .ok_or(AppError::NotFound(TODO_NOT_FOUND))?;
-        app.events
-            .publish(user.id, [TodoChange::Updated(todo.clone())]);
         Ok(Todo(todo))
     }
 
@@ -272,7 +258,6 @@ impl TodoMutation {
         if !db::todos::delete(&app.db, user.id, todo_id).await? {
             return Err(AppError::NotFound(TODO_NOT_FOUND).into());
         }
-        app.events.publish(user.id, [TodoChange::Deleted(todo_id)]);
         Ok(id_of(todo_id))
     }
 
@@ -282,8 +267,6 @@ impl TodoMutation {
         let user = ctx.current_user()?;
         let ids = db::todos::delete_completed(&app.db, user.id).await?;
         let count = ids.len();
-        app.events
-            .publish(user.id, ids.into_iter().map(TodoChange::Deleted));
         Ok(i32::try_from(count).unwrap_or(i32::MAX))
     }
 
@@ -293,8 +276,6 @@ impl TodoMutation {
         let user = ctx.current_user()?;
         let changed = db::todos::set_all_completed(&app.db, user.id, completed).await?;
         let count = changed.len();
-        app.events
-            .publish(user.id, changed.into_iter().map(TodoChange::Updated));
         Ok(i32::try_from(count).unwrap_or(i32::MAX))
     }
 }

@@ -6,7 +6,6 @@ use super::ContextExt as _;
 use super::scalars::DateTime;
 use crate::auth::SignedIn;
 use crate::db::users;
-use crate::events::TodoChange;
 
 /// An account. The password hash never leaves the database layer.
 pub struct User(pub users::User);
@@ -81,35 +80,21 @@ impl UserMutation {
     /// Create an account and sign in. CONFLICT if the email is taken.
     async fn signup(&self, ctx: &Context<'_>, input: SignupInput) -> Result<AuthPayload> {
         let app = ctx.app();
-        Ok(app
-            .auth
-            .signup(&app.db, &input.email, &input.password)
-            .await?
-            .into())
+        Ok(app.auth.signup(&app.db, &input.email, &input.password).await?.into())
     }
 
     /// Sign in. UNAUTHENTICATED for an unknown email or a wrong password (same message for both).
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload> {
         let app = ctx.app();
-        Ok(app
-            .auth
-            .login(&app.db, &input.email, &input.password)
-            .await?
-            .into())
+        Ok(app.auth.login(&app.db, &input.email, &input.password).await?.into())
     }
 
     /// Changes the password; every token issued before stops working. Returns a fresh token.
-    async fn change_password(
-        &self,
-        ctx: &Context<'_>,
-        input: ChangePasswordInput,
-    ) -> Result<AuthPayload> {
+    async fn change_password(&self, ctx: &Context<'_>, input: ChangePasswordInput) -> Result<AuthPayload> {
         let app = ctx.app();
         let user = ctx.current_user()?;
-        let signed_in = app
-            .auth
-            .change_password(&app.db, user, &input.current_password, &input.new_password)
-            .await?;
+        let signed_in =
+            app.auth.change_password(&app.db, user, &input.current_password, &input.new_password).await?;
         Ok(signed_in.into())
     }
 
@@ -124,9 +109,7 @@ impl UserMutation {
     async fn delete_account(&self, ctx: &Context<'_>, password: String) -> Result<bool> {
         let app = ctx.app();
         let user = ctx.current_user()?;
-        let deleted_todos = app.auth.delete_account(&app.db, user, &password).await?;
-        app.events
-            .publish(user.id, deleted_todos.into_iter().map(TodoChange::Deleted));
+        app.auth.delete_account(&app.db, user, &password).await?;
         Ok(true)
     }
 }

@@ -128,18 +128,9 @@ async fn asset(Path(file): Path<String>) -> Response {
     };
     let mut res = asset.bytes.into_response();
     let headers = res.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(asset.content_type),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     res
 }
 
@@ -151,12 +142,8 @@ mod tests {
     use tower::ServiceExt;
 
     async fn get_uri(uri: &str) -> Response {
-        let app: Router = Router::new()
-            .route("/graphql-page", get(|| async { page() }))
-            .merge(assets());
-        app.oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap()
+        let app: Router = Router::new().route("/graphql-page", get(|| async { page() })).merge(assets());
+        app.oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap()
     }
 
     async fn body_string(res: Response) -> String {
@@ -168,26 +155,14 @@ mod tests {
     async fn page_loads_only_embedded_assets() {
         let res = get_uri("/graphql-page").await;
         assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(
-            res.headers()[header::CONTENT_TYPE],
-            "text/html; charset=utf-8"
-        );
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
         let html = body_string(res).await;
 
-        for name in [
-            "graphiql.min.css",
-            "react.production.min.js",
-            "react-dom.production.min.js",
-            "graphiql.min.js",
-        ] {
-            assert!(
-                html.contains(&format!("\"/graphiql/{name}?v=")),
-                "page misses {name}"
-            );
-            assert!(
-                ASSETS.iter().any(|a| a.name == name),
-                "{name} is not embedded"
-            );
+        for name in
+            ["graphiql.min.css", "react.production.min.js", "react-dom.production.min.js", "graphiql.min.js"]
+        {
+            assert!(html.contains(&format!("\"/graphiql/{name}?v=")), "page misses {name}");
+            assert!(ASSETS.iter().any(|a| a.name == name), "{name} is not embedded");
         }
         assert!(!html.contains("http://") && !html.contains("https://"));
         assert!(html.contains("<title>todoql — GraphiQL</title>"));
@@ -202,10 +177,7 @@ mod tests {
             let res = get_uri(&format!("/graphiql/{}", asset.name)).await;
             assert_eq!(res.status(), StatusCode::OK, "{}", asset.name);
             assert_eq!(res.headers()[header::CONTENT_TYPE], asset.content_type);
-            assert_eq!(
-                res.headers()[header::CACHE_CONTROL],
-                "public, max-age=31536000, immutable"
-            );
+            assert_eq!(res.headers()[header::CACHE_CONTROL], "public, max-age=31536000, immutable");
             let body = to_bytes(res.into_body(), usize::MAX).await.unwrap();
             assert_eq!(body.len(), asset.bytes.len(), "{}", asset.name);
             assert!(!body.is_empty(), "{} is empty", asset.name);
@@ -214,12 +186,9 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_asset_is_404() {
-        for uri in [
-            "/graphiql/nope.js",
-            "/graphiql/graphiql.min.js.map",
-            "/graphiql/..%2FCargo.toml",
-            "/graphiql/",
-        ] {
+        for uri in
+            ["/graphiql/nope.js", "/graphiql/graphiql.min.js.map", "/graphiql/..%2FCargo.toml", "/graphiql/"]
+        {
             assert_eq!(get_uri(uri).await.status(), StatusCode::NOT_FOUND, "{uri}");
         }
     }

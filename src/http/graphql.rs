@@ -8,13 +8,10 @@
 use std::collections::BTreeMap;
 
 use ::http::{HeaderMap, HeaderValue, StatusCode, header};
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
-use async_graphql::{BatchRequest, Data, Request, Response, ServerError, Value};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql::{BatchRequest, Request, Response, ServerError, Value};
 use axum::body::{Body, Bytes};
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use serde::Serialize;
 
@@ -38,22 +35,14 @@ enum Media {
 
 impl Media {
     fn negotiate(headers: &HeaderMap) -> Self {
-        let accept = headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
         let accepts_graphql_response = accept.split(',').any(|entry| {
             let mut params = entry.split(';').map(str::trim);
             let media = params.next().unwrap_or("");
-            let refused =
-                params.any(|p| p.replace(' ', "").starts_with("q=0") && !p.contains("q=0."));
+            let refused = params.any(|p| p.replace(' ', "").starts_with("q=0") && !p.contains("q=0."));
             media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON) && !refused
         });
-        if accepts_graphql_response {
-            Self::GraphqlResponse
-        } else {
-            Self::Json
-        }
+        if accepts_graphql_response { Self::GraphqlResponse } else { Self::Json }
     }
 
     fn content_type(self) -> HeaderValue {
@@ -88,11 +77,7 @@ fn is_request_error(response: &Response) -> bool {
 
 fn wire(response: &Response) -> WireResponse<'_> {
     WireResponse {
-        data: if is_request_error(response) {
-            None
-        } else {
-            Some(&response.data)
-        },
+        data: if is_request_error(response) { None } else { Some(&response.data) },
         errors: &response.errors,
         extensions: &response.extensions,
     }
@@ -103,9 +88,7 @@ fn json_response(status: StatusCode, media: Media, body: &impl Serialize) -> Htt
         Ok(bytes) => {
             let mut response = HttpResponse::new(Body::from(bytes));
             *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, media.content_type());
+            response.headers_mut().insert(header::CONTENT_TYPE, media.content_type());
             response
         }
         Err(error) => {
@@ -118,10 +101,7 @@ fn json_response(status: StatusCode, media: Media, body: &impl Serialize) -> Htt
 /// An error raised before anything ran, with its code.
 fn request_error(code: &str, message: impl Into<String>) -> Response {
     let mut error = ServerError::new(message, None);
-    error
-        .extensions
-        .get_or_insert_with(Default::default)
-        .set("code", code);
+    error.extensions.get_or_insert_with(Default::default).set("code", code);
     Response::from_errors(vec![error])
 }
 
@@ -134,12 +114,7 @@ fn app_error_response(error: AppError) -> Response {
 
 /// Sends a transport-level failure: `status` under both media types (the
 /// request was not a well-formed GraphQL request).
-fn reject(
-    status: StatusCode,
-    media: Media,
-    code: &str,
-    message: impl Into<String>,
-) -> HttpResponse {
+fn reject(status: StatusCode, media: Media, code: &str, message: impl Into<String>) -> HttpResponse {
     json_response(status, media, &wire(&request_error(code, message)))
 }
 
@@ -152,16 +127,11 @@ fn single_response(media: Media, response: &Response) -> HttpResponse {
 }
 
 fn request_error_status(response: &Response) -> StatusCode {
-    let code = response
-        .errors
-        .first()
-        .and_then(|e| e.extensions.as_ref())
-        .and_then(|e| e.get("code").cloned());
+    let code =
+        response.errors.first().and_then(|e| e.extensions.as_ref()).and_then(|e| e.get("code").cloned());
     match code {
         Some(Value::String(code)) if code == "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
-        Some(Value::String(code)) if code == "SERVICE_UNAVAILABLE" => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Some(Value::String(code)) if code == "SERVICE_UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
         Some(Value::String(code)) if code == "TIMEOUT" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     }
@@ -171,18 +141,17 @@ fn request_error_status(response: &Response) -> StatusCode {
 /// invalid fails the whole request, even for `signup`/`login`: a client with
 /// a stale token learns it at once.
 async fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Option<User>, AppError> {
-    let value =
-        match headers.get(header::AUTHORIZATION) {
-            None => None,
-            Some(value) => Some(value.to_str().map_err(|_| {
-                AppError::Unauthenticated("Authorization header is not valid text")
-            })?),
-        };
+    let value = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| AppError::Unauthenticated("Authorization header is not valid text"))?,
+        ),
+    };
     match guard::bearer_token(value)? {
         None => Ok(None),
-        Some(token) => guard::authenticate(&state.app.db, &state.app.auth.tokens, token)
-            .await
-            .map(Some),
+        Some(token) => guard::authenticate(&state.app.db, &state.app.auth.tokens, token).await.map(Some),
     }
 }
 
@@ -194,10 +163,7 @@ async fn execute(state: &HttpState, request: Request, user: Option<&User>) -> Re
     let timeout = state.app.config.limits.request_timeout;
     match tokio::time::timeout(timeout, state.schema.execute(request)).await {
         Ok(response) => response,
-        Err(_) => request_error(
-            "TIMEOUT",
-            format!("The request took longer than {} s", timeout.as_secs()),
-        ),
+        Err(_) => request_error("TIMEOUT", format!("The request took longer than {} s", timeout.as_secs())),
     }
 }
 
@@ -208,8 +174,7 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
         .and_then(|v| v.split(';').next())
         .is_some_and(|media| {
             let media = media.trim();
-            media.eq_ignore_ascii_case(APPLICATION_JSON)
-                || media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON)
+            media.eq_ignore_ascii_case(APPLICATION_JSON) || media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON)
         })
 }
 
@@ -244,8 +209,7 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Byte
             return match batch {
                 BatchRequest::Single(_) => single_response(media, &response),
                 BatchRequest::Batch(requests) => {
-                    let responses: Vec<WireResponse<'_>> =
-                        requests.iter().map(|_| wire(&response)).collect();
+                    let responses: Vec<WireResponse<'_>> = requests.iter().map(|_| wire(&response)).collect();
                     json_response(StatusCode::OK, media, &responses)
                 }
             };
@@ -262,16 +226,11 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Byte
                     StatusCode::BAD_REQUEST,
                     media,
                     "BAD_REQUEST",
-                    format!(
-                        "A batch must hold 1 to {limit} operations (got {})",
-                        requests.len()
-                    ),
+                    format!("A batch must hold 1 to {limit} operations (got {})", requests.len()),
                 );
             }
             let responses = futures_util::future::join_all(
-                requests
-                    .into_iter()
-                    .map(|request| execute(&state, request, user.as_ref())),
+                requests.into_iter().map(|request| execute(&state, request, user.as_ref())),
             )
             .await;
             let wire: Vec<WireResponse<'_>> = responses.iter().map(wire).collect();
@@ -285,7 +244,7 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Byte
 pub async fn get(State(state): State<HttpState>, request: axum::extract::Request) -> HttpResponse {
     let (mut parts, _body) = request.into_parts();
     if parts.headers.contains_key(header::UPGRADE) {
-        return websocket(state, &mut parts).await;
+        return super::websocket::upgrade(state, &mut parts).await;
     }
     let media = Media::negotiate(&parts.headers);
     let query_string = parts.uri.query().unwrap_or("");
@@ -294,11 +253,7 @@ pub async fn get(State(state): State<HttpState>, request: axum::extract::Request
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
-    if wants_html
-        && !query_string
-            .split('&')
-            .any(|pair| pair.starts_with("query="))
-    {
+    if wants_html && !query_string.split('&').any(|pair| pair.starts_with("query=")) {
         return graphiql::page();
     }
     let request = match async_graphql::http::parse_query_string(query_string) {
@@ -313,23 +268,12 @@ pub async fn get(State(state): State<HttpState>, request: axum::extract::Request
         }
     };
     if request.query.is_empty() {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            media,
-            "BAD_REQUEST",
-            "Missing query parameter",
-        );
+        return reject(StatusCode::BAD_REQUEST, media, "BAD_REQUEST", "Missing query parameter");
     }
     if operation_type(&request) == Some(OperationType::Mutation) {
-        let mut response = reject(
-            StatusCode::METHOD_NOT_ALLOWED,
-            media,
-            "BAD_REQUEST",
-            "Mutations must be sent with POST",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        let mut response =
+            reject(StatusCode::METHOD_NOT_ALLOWED, media, "BAD_REQUEST", "Mutations must be sent with POST");
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
     let user = match authenticate(&state, &parts.headers).await {
@@ -345,66 +289,12 @@ fn operation_type(request: &Request) -> Option<OperationType> {
     let document = async_graphql::parser::parse_query(&request.query).ok()?;
     match (&document.operations, request.operation_name.as_deref()) {
         (DocumentOperations::Single(operation), _) => Some(operation.node.ty),
-        (DocumentOperations::Multiple(operations), Some(name)) => {
-            operations.get(name).map(|op| op.node.ty)
-        }
+        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name).map(|op| op.node.ty),
         (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
             operations.values().next().map(|op| op.node.ty)
         }
         _ => None,
     }
-}
-
-/// The token of a `connection_init` payload: `Authorization`,
-/// `authorization` or `authToken` (with or without `Bearer `).
-fn init_payload_token(payload: &serde_json::Value) -> Option<String> {
-    ["Authorization", "authorization", "authToken"]
-        .iter()
-        .find_map(|key| payload.get(key).and_then(|v| v.as_str()))
-        .map(str::to_owned)
-}
-
-async fn websocket(state: HttpState, parts: &mut ::http::request::Parts) -> HttpResponse {
-    let protocol = match GraphQLProtocol::from_request_parts(parts, &()).await {
-        Ok(protocol) => protocol,
-        Err(status) => {
-            return (
-                status,
-                "Unsupported WebSocket sub-protocol: use graphql-transport-ws",
-            )
-                .into_response();
-        }
-    };
-    let upgrade = match WebSocketUpgrade::from_request_parts(parts, &()).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let schema = state.schema.clone();
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let raw = init_payload_token(&payload);
-                    let value = raw.as_deref().map(|t| {
-                        if t.len() > 7 && t[..7].eq_ignore_ascii_case("bearer ") {
-                            t.to_owned()
-                        } else {
-                            format!("Bearer {t}")
-                        }
-                    });
-                    let token =
-                        guard::bearer_token(value.as_deref())?.ok_or(AppError::Unauthenticated(
-                            "Send Authorization: Bearer <token> in connection_init",
-                        ))?;
-                    let user =
-                        guard::authenticate(&state.app.db, &state.app.auth.tokens, token).await?;
-                    let mut data = Data::default();
-                    data.insert(user);
-                    Ok(data)
-                })
-                .serve()
-        })
 }
 
 #[cfg(test)]
@@ -413,10 +303,7 @@ mod tests {
 
     fn headers(accept: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_str(accept).expect("valid"),
-        );
+        headers.insert(header::ACCEPT, HeaderValue::from_str(accept).expect("valid"));
         headers
     }
 
@@ -424,20 +311,13 @@ mod tests {
     fn negotiates_the_response_media_type() {
         assert_eq!(Media::negotiate(&HeaderMap::new()), Media::Json);
         assert_eq!(Media::negotiate(&headers("application/json")), Media::Json);
+        assert_eq!(Media::negotiate(&headers("application/graphql-response+json")), Media::GraphqlResponse);
         assert_eq!(
-            Media::negotiate(&headers("application/graphql-response+json")),
+            Media::negotiate(&headers("application/graphql-response+json, application/json;q=0.9")),
             Media::GraphqlResponse
         );
         assert_eq!(
-            Media::negotiate(&headers(
-                "application/graphql-response+json, application/json;q=0.9"
-            )),
-            Media::GraphqlResponse
-        );
-        assert_eq!(
-            Media::negotiate(&headers(
-                "application/graphql-response+json;q=0, application/json"
-            )),
+            Media::negotiate(&headers("application/graphql-response+json;q=0, application/json")),
             Media::Json
         );
     }
@@ -452,24 +332,12 @@ mod tests {
             operation_type(&request)
         };
         assert_eq!(op("{ me { id } }", None), Some(OperationType::Query));
+        assert_eq!(op("mutation { logoutEverywhere }", None), Some(OperationType::Mutation));
         assert_eq!(
-            op("mutation { logoutEverywhere }", None),
+            op("query A { me { id } } mutation B { logoutEverywhere }", Some("B")),
             Some(OperationType::Mutation)
         );
-        assert_eq!(
-            op(
-                "query A { me { id } } mutation B { logoutEverywhere }",
-                Some("B")
-            ),
-            Some(OperationType::Mutation)
-        );
-        assert_eq!(
-            op(
-                "query A { me { id } } mutation B { logoutEverywhere }",
-                None
-            ),
-            None
-        );
+        assert_eq!(op("query A { me { id } } mutation B { logoutEverywhere }", None), None);
         assert_eq!(op("not graphql", None), None);
     }
 }

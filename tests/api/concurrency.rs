@@ -6,10 +6,7 @@ use serde_json::json;
 use crate::backend_tests;
 use crate::helpers::TestApp;
 
-backend_tests!(
-    parallel_signups_with_one_email_have_one_winner,
-    parallel_creates_all_succeed
-);
+backend_tests!(parallel_signups_with_one_email_have_one_winner, parallel_creates_all_succeed);
 
 async fn parallel_signups_with_one_email_have_one_winner(app: TestApp) {
     let attempts = (0..20).map(|i| {
@@ -24,10 +21,7 @@ async fn parallel_signups_with_one_email_have_one_winner(app: TestApp) {
         }
     });
     let responses = join_all(attempts).await;
-    let winners = responses
-        .iter()
-        .filter(|r| r.0.get("errors").is_none())
-        .count();
+    let winners = responses.iter().filter(|r| r.0.get("errors").is_none()).count();
     assert_eq!(winners, 1, "{responses:?}");
     for response in responses.iter().filter(|r| r.0.get("errors").is_some()) {
         response.expect_code("CONFLICT");
@@ -53,9 +47,6 @@ async fn parallel_creates_all_succeed(app: TestApp) {
     for response in &responses {
         assert!(response.0.get("errors").is_none(), "{}", response.0);
     }
-    let count = app
-        .gql(Some(&user.token), "{ todos { totalCount } }", json!({}))
-        .await
-        .ok();
+    let count = app.gql(Some(&user.token), "{ todos { totalCount } }", json!({})).await.ok();
     assert_eq!(count["todos"]["totalCount"], 50);
 }

@@ -50,22 +50,14 @@ impl Gql {
     }
     /// Panics with the whole response unless there were no errors.
     pub fn ok(self) -> Value {
-        assert!(
-            self.0.get("errors").is_none(),
-            "unexpected errors: {}",
-            self.0
-        );
+        assert!(self.0.get("errors").is_none(), "unexpected errors: {}", self.0);
         self.0["data"].clone()
     }
     /// Asserts the first error's code (and that every error has one).
     pub fn expect_code(&self, code: &str) -> &Self {
         assert_eq!(self.code(), Some(code), "response: {}", self.0);
         for error in self.0["errors"].as_array().into_iter().flatten() {
-            assert!(
-                error["extensions"]["code"].is_string(),
-                "error without code: {}",
-                self.0
-            );
+            assert!(error["extensions"]["code"].is_string(), "error without code: {}", self.0);
         }
         self
     }
@@ -97,14 +89,8 @@ impl TestApp {
                 (db.url.clone(), Storage::Postgres(db))
             }
         };
-        let cli = todoql::Cli::try_parse_from([
-            "todoql",
-            "--database-url",
-            &url,
-            "--jwt-secret",
-            JWT_SECRET,
-        ])
-        .expect("test arguments parse");
+        let cli = todoql::Cli::try_parse_from(["todoql", "--database-url", &url, "--jwt-secret", JWT_SECRET])
+            .expect("test arguments parse");
         let mut config = Config::from_args(&cli.args).expect("test configuration is valid");
         config.listen_addr = "127.0.0.1:0".parse().expect("addr");
         config.bcrypt_cost = 4;
@@ -131,10 +117,8 @@ impl TestApp {
 
     /// POSTs one GraphQL request.
     pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Gql {
-        let mut request = self
-            .client
-            .post(self.url("/graphql"))
-            .json(&json!({"query": query, "variables": variables}));
+        let mut request =
+            self.client.post(self.url("/graphql")).json(&json!({"query": query, "variables": variables}));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -155,14 +139,8 @@ impl TestApp {
             .ok();
         Account {
             token: data["signup"]["token"].as_str().expect("token").to_owned(),
-            id: data["signup"]["user"]["id"]
-                .as_str()
-                .expect("id")
-                .to_owned(),
-            email: data["signup"]["user"]["email"]
-                .as_str()
-                .expect("email")
-                .to_owned(),
+            id: data["signup"]["user"]["id"].as_str().expect("id").to_owned(),
+            email: data["signup"]["user"]["email"].as_str().expect("email").to_owned(),
             password,
         }
     }
@@ -170,7 +148,13 @@ impl TestApp {
     /// Creates a todo and returns it (id, title, description, completed, createdAt, updatedAt).
     pub async fn create_todo(&self, token: &str, input: Value) -> Value {
         let data = self
-            .gql(Some(token), &format!("mutation($input: CreateTodoInput!) {{ createTodo(input: $input) {{ {TODO_FIELDS} }} }}"), json!({"input": input}))
+            .gql(
+                Some(token),
+                &format!(
+                    "mutation($input: CreateTodoInput!) {{ createTodo(input: $input) {{ {TODO_FIELDS} }} }}"
+                ),
+                json!({"input": input}),
+            )
             .await
             .ok();
         data["createTodo"].clone()
@@ -223,25 +207,17 @@ impl TestApp {
                 let sql = format!("SELECT ({sql}) AS n");
                 tokio::task::spawn_blocking(move || {
                     let mut conn = diesel::SqliteConnection::establish(&path).expect("open SQLite");
-                    diesel::sql_query(sql)
-                        .get_result::<Count>(&mut conn)
-                        .expect("count query")
-                        .n
+                    diesel::sql_query(sql).get_result::<Count>(&mut conn).expect("count query").n
                 })
                 .await
                 .expect("count task")
             }
             Backend::Postgres => {
-                let (client, connection) =
-                    tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
-                        .await
-                        .expect("connect");
-                tokio::spawn(connection);
-                client
-                    .query_one(sql, &[])
+                let (client, connection) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
                     .await
-                    .expect("count query")
-                    .get::<_, i64>(0)
+                    .expect("connect");
+                tokio::spawn(connection);
+                client.query_one(sql, &[]).await.expect("count query").get::<_, i64>(0)
             }
         }
     }

@@ -21,10 +21,7 @@ async fn get_runs_queries_and_refuses_mutations(app: TestApp) {
     let response = app
         .client
         .get(app.url("/graphql"))
-        .query(&[
-            ("query", "query Me { me { email } }"),
-            ("operationName", "Me"),
-        ])
+        .query(&[("query", "query Me { me { email } }"), ("operationName", "Me")])
         .bearer_auth(&user.token)
         .send()
         .await
@@ -36,42 +33,24 @@ async fn get_runs_queries_and_refuses_mutations(app: TestApp) {
     let response = app
         .client
         .get(app.url("/graphql"))
-        .query(&[(
-            "query",
-            "mutation { createTodo(input: {title: \"via GET\"}) { id } }",
-        )])
+        .query(&[("query", "mutation { createTodo(input: {title: \"via GET\"}) { id } }")])
         .bearer_auth(&user.token)
         .send()
         .await
         .expect("sent");
     assert_eq!(response.status(), 405);
-    assert_eq!(
-        response
-            .headers()
-            .get("allow")
-            .and_then(|v| v.to_str().ok()),
-        Some("POST")
-    );
+    assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
     let body: Value = response.json().await.expect("json");
     assert!(body["errors"][0]["extensions"]["code"].is_string());
-    let count = app
-        .gql(Some(&user.token), "{ todos { totalCount } }", json!({}))
-        .await
-        .ok();
-    assert_eq!(
-        count["todos"]["totalCount"], 0,
-        "the mutation must not have run"
-    );
+    let count = app.gql(Some(&user.token), "{ todos { totalCount } }", json!({})).await.ok();
+    assert_eq!(count["todos"]["totalCount"], 0, "the mutation must not have run");
 }
 
 async fn post_needs_a_json_body(app: TestApp) {
     let user = app.signup("csrf@example.com").await;
     let body = r#"{"query":"mutation { createTodo(input: {title: \"forged\"}) { id } }"}"#;
-    for content_type in [
-        "text/plain",
-        "application/x-www-form-urlencoded",
-        "multipart/form-data; boundary=x",
-    ] {
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+    {
         let response = app
             .client
             .post(app.url("/graphql"))
@@ -83,10 +62,7 @@ async fn post_needs_a_json_body(app: TestApp) {
             .expect("sent");
         assert_eq!(response.status(), 415, "{content_type}");
     }
-    let count = app
-        .gql(Some(&user.token), "{ todos { totalCount } }", json!({}))
-        .await
-        .ok();
+    let count = app.gql(Some(&user.token), "{ todos { totalCount } }", json!({})).await.ok();
     assert_eq!(count["todos"]["totalCount"], 0);
     let response = app
         .client
@@ -102,21 +78,11 @@ async fn post_needs_a_json_body(app: TestApp) {
 }
 
 async fn post(app: &TestApp, accept: &str, body: Value) -> (u16, String, Value) {
-    let response = app
-        .client
-        .post(app.url("/graphql"))
-        .header("accept", accept)
-        .json(&body)
-        .send()
-        .await
-        .expect("sent");
+    let response =
+        app.client.post(app.url("/graphql")).header("accept", accept).json(&body).send().await.expect("sent");
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     (status, content_type, response.json().await.expect("json"))
 }
 
@@ -125,34 +91,21 @@ async fn status_codes_follow_the_accepted_media_type(app: TestApp) {
     let (status, content_type, body) = post(&app, modern, json!({"query": "{ nope }"})).await;
     assert_eq!(status, 400);
     assert!(content_type.starts_with(modern));
-    assert!(
-        body.get("data").is_none(),
-        "no data for a request error: {body}"
-    );
-    assert_eq!(
-        body["errors"][0]["extensions"]["code"],
-        "GRAPHQL_VALIDATION_FAILED"
-    );
+    assert!(body.get("data").is_none(), "no data for a request error: {body}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED");
     let (status, _, body) = post(&app, modern, json!({"query": "{ me { "})).await;
     assert_eq!(status, 400);
-    assert_eq!(
-        body["errors"][0]["extensions"]["code"],
-        "GRAPHQL_PARSE_FAILED"
-    );
+    assert_eq!(body["errors"][0]["extensions"]["code"], "GRAPHQL_PARSE_FAILED");
     // A field error is not a request error: 200, with data.
     let (status, _, body) = post(&app, modern, json!({"query": "{ me { id } }"})).await;
     assert_eq!(status, 200);
     assert!(body.get("data").is_some());
     assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
 
-    let (status, content_type, body) =
-        post(&app, "application/json", json!({"query": "{ nope }"})).await;
+    let (status, content_type, body) = post(&app, "application/json", json!({"query": "{ nope }"})).await;
     assert_eq!(status, 200);
     assert!(content_type.starts_with("application/json"));
-    assert_eq!(
-        body["errors"][0]["extensions"]["code"],
-        "GRAPHQL_VALIDATION_FAILED"
-    );
+    assert_eq!(body["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED");
 }
 
 async fn batches_run_and_are_bounded(app: TestApp) {
@@ -172,11 +125,7 @@ async fn batches_run_and_are_bounded(app: TestApp) {
     let body: Value = response.json().await.expect("json");
     let results = body.as_array().expect("an array for a batch");
     assert_eq!(results.len(), 3);
-    assert!(
-        results
-            .iter()
-            .all(|r| r["data"]["createTodo"]["title"].is_string())
-    );
+    assert!(results.iter().all(|r| r["data"]["createTodo"]["title"].is_string()));
 
     let too_many: Vec<Value> = (0..11).map(|_| json!({"query": "{ me { id } }"})).collect();
     let response = app
@@ -193,45 +142,19 @@ async fn batches_run_and_are_bounded(app: TestApp) {
 }
 
 async fn graphiql_and_probes_are_served(app: TestApp) {
-    let page = app
-        .client
-        .get(app.url("/graphql"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .expect("sent");
+    let page = app.client.get(app.url("/graphql")).header("accept", "text/html").send().await.expect("sent");
     assert_eq!(page.status(), 200);
-    assert!(
-        page.headers()["content-type"]
-            .to_str()
-            .expect("text")
-            .starts_with("text/html")
-    );
+    assert!(page.headers()["content-type"].to_str().expect("text").starts_with("text/html"));
     let html = page.text().await.expect("html");
     assert!(html.contains("graphiql.min.js"));
     assert!(!html.contains("https://"), "no asset may come from a CDN");
-    let script = app
-        .client
-        .get(app.url("/graphiql/graphiql.min.js"))
-        .send()
-        .await
-        .expect("sent");
+    let script = app.client.get(app.url("/graphiql/graphiql.min.js")).send().await.expect("sent");
     assert_eq!(script.status(), 200);
     assert!(script.bytes().await.expect("bytes").len() > 100_000);
 
-    let health = app
-        .client
-        .get(app.url("/healthz"))
-        .send()
-        .await
-        .expect("sent");
+    let health = app.client.get(app.url("/healthz")).send().await.expect("sent");
     assert_eq!(health.status(), 200);
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
+    let ready = app.client.get(app.url("/readyz")).send().await.expect("sent");
     assert_eq!(ready.status(), 200);
 }
 
@@ -241,27 +164,16 @@ async fn cors_allows_only_configured_origins(app: TestApp) {
             .request(reqwest::Method::OPTIONS, app.url("/graphql"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "authorization, content-type",
-            )
+            .header("access-control-request-headers", "authorization, content-type")
             .send()
     };
     let allowed = preflight("http://localhost:3000").await.expect("sent");
     assert_eq!(
-        allowed
-            .headers()
-            .get("access-control-allow-origin")
-            .and_then(|v| v.to_str().ok()),
+        allowed.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
         Some("http://localhost:3000")
     );
     let refused = preflight("https://evil.example").await.expect("sent");
-    assert!(
-        refused
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
 }
 
 async fn oversized_bodies_are_refused(app: TestApp) {
@@ -307,17 +219,9 @@ async fn limits_admit_real_queries_and_refuse_abusive_ones(app: TestApp) {
     let too_deep = format!("{{ {}id{} }}", "me { ".repeat(12), " }".repeat(12));
     let response = app.gql(Some(&user.token), &too_deep, json!({})).await;
     response.expect_code("GRAPHQL_VALIDATION_FAILED");
-    assert!(
-        response
-            .message()
-            .is_some_and(|m| m.contains("13 levels deep")),
-        "{}",
-        response.0
-    );
+    assert!(response.message().is_some_and(|m| m.contains("13 levels deep")), "{}", response.0);
     // Too complex: many aliased full pages.
     let aliases: String = (0..8).map(|i| format!("p{i}: todos(first: 100) {{ nodes {{ id title description completed createdAt updatedAt }} }} ")).collect();
-    let response = app
-        .gql(Some(&user.token), &format!("{{ {aliases} }}"), json!({}))
-        .await;
+    let response = app.gql(Some(&user.token), &format!("{{ {aliases} }}"), json!({})).await;
     response.expect_code("GRAPHQL_VALIDATION_FAILED");
 }

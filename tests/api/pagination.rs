@@ -6,10 +6,7 @@ use serde_json::{Value, json};
 use crate::backend_tests;
 use crate::helpers::TestApp;
 
-backend_tests!(
-    pages_through_every_ordering_with_inserts_between_pages,
-    page_arguments_are_checked
-);
+backend_tests!(pages_through_every_ordering_with_inserts_between_pages, page_arguments_are_checked);
 
 const PAGE: &str = "query($first: Int, $after: String, $order: TodoOrder) {
   todos(first: $first, after: $after, orderBy: $order) {
@@ -26,10 +23,7 @@ fn sort_key(node: &Value, field: &str) -> (String, String) {
         "UPDATED_AT" => node["updatedAt"].as_str(),
         _ => node["title"].as_str(),
     };
-    (
-        key.expect("key").to_owned(),
-        node["id"].as_str().expect("id").to_owned(),
-    )
+    (key.expect("key").to_owned(), node["id"].as_str().expect("id").to_owned())
 }
 
 async fn pages_through_every_ordering_with_inserts_between_pages(app: TestApp) {
@@ -64,11 +58,7 @@ async fn pages_through_every_ordering_with_inserts_between_pages(app: TestApp) {
             let mut pages = 0;
             loop {
                 let data = app
-                    .gql(
-                        Some(&user.token),
-                        PAGE,
-                        json!({"first": 10, "after": after, "order": order}),
-                    )
+                    .gql(Some(&user.token), PAGE, json!({"first": 10, "after": after, "order": order}))
                     .await
                     .ok();
                 let connection = &data["todos"];
@@ -83,18 +73,12 @@ async fn pages_through_every_ordering_with_inserts_between_pages(app: TestApp) {
                 seen.extend(edges.iter().map(|e| e["node"].clone()));
                 pages += 1;
                 // A new todo between pages must neither repeat nor hide rows.
-                app.create_todo(
-                    &user.token,
-                    json!({"title": format!("inserted {inserted:02}")}),
-                )
-                .await;
+                app.create_todo(&user.token, json!({"title": format!("inserted {inserted:02}")})).await;
                 inserted += 1;
                 if connection["pageInfo"]["hasNextPage"] == false {
                     break;
                 }
-                after = connection["pageInfo"]["endCursor"]
-                    .as_str()
-                    .map(str::to_owned);
+                after = connection["pageInfo"]["endCursor"].as_str().map(str::to_owned);
                 assert!(pages < 20, "pagination does not end");
             }
             let keys: Vec<(String, String)> = seen.iter().map(|n| sort_key(n, field)).collect();
@@ -108,11 +92,7 @@ async fn pages_through_every_ordering_with_inserts_between_pages(app: TestApp) {
             ids.sort_unstable();
             let before = ids.len();
             ids.dedup();
-            assert_eq!(
-                before,
-                ids.len(),
-                "{field} {direction}: a row was returned twice"
-            );
+            assert_eq!(before, ids.len(), "{field} {direction}: a row was returned twice");
             for id in &originals {
                 assert!(
                     ids.binary_search(&id.as_str()).is_ok(),
@@ -121,10 +101,7 @@ async fn pages_through_every_ordering_with_inserts_between_pages(app: TestApp) {
             }
         }
     }
-    let total = app
-        .gql(Some(&user.token), "{ todos { totalCount } }", json!({}))
-        .await
-        .ok();
+    let total = app.gql(Some(&user.token), "{ todos { totalCount } }", json!({})).await.ok();
     assert_eq!(total["todos"]["totalCount"], 55 + inserted);
 }
 
@@ -134,42 +111,25 @@ async fn page_arguments_are_checked(app: TestApp) {
         app.create_todo(&user.token, json!({"title": "t"})).await;
     }
     for first in [101, -1] {
-        let response = app
-            .gql(Some(&user.token), PAGE, json!({"first": first}))
-            .await;
+        let response = app.gql(Some(&user.token), PAGE, json!({"first": first})).await;
         response.expect_code("BAD_USER_INPUT");
         assert_eq!(response.field(), Some("first"));
     }
-    let full = app
-        .gql(Some(&user.token), PAGE, json!({"first": 100}))
-        .await
-        .ok();
+    let full = app.gql(Some(&user.token), PAGE, json!({"first": 100})).await.ok();
     assert_eq!(full["todos"]["edges"].as_array().map(Vec::len), Some(3));
     let default = app
-        .gql(
-            Some(&user.token),
-            "{ todos { nodes { id } pageInfo { hasNextPage } } }",
-            json!({}),
-        )
+        .gql(Some(&user.token), "{ todos { nodes { id } pageInfo { hasNextPage } } }", json!({}))
         .await
         .ok();
     assert_eq!(default["todos"]["pageInfo"]["hasNextPage"], false);
-    let empty = app
-        .gql(Some(&user.token), PAGE, json!({"first": 0}))
-        .await
-        .ok();
+    let empty = app.gql(Some(&user.token), PAGE, json!({"first": 0})).await.ok();
     assert_eq!(empty["todos"]["edges"], json!([]));
     assert_eq!(empty["todos"]["pageInfo"]["hasNextPage"], true);
 
-    let page = app
-        .gql(Some(&user.token), PAGE, json!({"first": 1}))
-        .await
-        .ok();
+    let page = app.gql(Some(&user.token), PAGE, json!({"first": 1})).await.ok();
     let cursor = page["todos"]["pageInfo"]["endCursor"].clone();
     for bad in [json!("garbage"), json!(""), json!("djF8eHh8eHh8eHg")] {
-        let response = app
-            .gql(Some(&user.token), PAGE, json!({"first": 1, "after": bad}))
-            .await;
+        let response = app.gql(Some(&user.token), PAGE, json!({"first": 1, "after": bad})).await;
         response.expect_code("BAD_USER_INPUT");
         assert_eq!(response.field(), Some("after"));
     }

@@ -37,19 +37,13 @@ pub struct TestDatabase {
 /// and CI is not set; panics with a clear message when CI=true (env var CI equal to "true" or
 /// "1") and PostgreSQL cannot be found/started.
 pub async fn test_database() -> Option<TestDatabase> {
-    let external = std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|url| !url.trim().is_empty());
+    let external = std::env::var("TEST_DATABASE_URL").ok().filter(|url| !url.trim().is_empty());
     let admin_url = match &external {
         Some(url) => url.clone(),
         None => cluster().await?.admin_url(),
     };
     let client = admin_connect(&admin_url).await.unwrap_or_else(|e| {
-        panic!(
-            "todoql tests: cannot connect to PostgreSQL at {}: {}",
-            describe(&admin_url),
-            chain(&e)
-        )
+        panic!("todoql tests: cannot connect to PostgreSQL at {}: {}", describe(&admin_url), chain(&e))
     });
     if external.is_some() && !ANNOUNCED_EXTERNAL.swap(true, Ordering::SeqCst) {
         let version: String = match client.query_one("SHOW server_version", &[]).await {
@@ -63,21 +57,11 @@ pub async fn test_database() -> Option<TestDatabase> {
     }
     // Random names keep concurrent tests, and concurrent test processes, apart.
     let name = format!("todoql_test_{:016x}", rand::random::<u64>());
-    if let Err(e) = client
-        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-        .await
-    {
+    if let Err(e) = client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await {
         let at = describe(&admin_url);
-        panic!(
-            "todoql tests: cannot create database {name} at {at}: {}",
-            chain(&e)
-        );
+        panic!("todoql tests: cannot create database {name} at {at}: {}", chain(&e));
     }
-    Some(TestDatabase {
-        url: with_database(&admin_url, &name),
-        name,
-        admin_url,
-    })
+    Some(TestDatabase { url: with_database(&admin_url, &name), name, admin_url })
 }
 
 static ANNOUNCED_EXTERNAL: AtomicBool = AtomicBool::new(false);
@@ -88,33 +72,26 @@ impl Drop for TestDatabase {
         // and runtime of its own. FORCE disconnects whatever pool the test left open.
         let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
         let admin_url = self.admin_url.clone();
-        let spawned = std::thread::Builder::new()
-            .name("drop-test-db".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                runtime.block_on(async {
-                    let work = async { admin_connect(&admin_url).await?.batch_execute(&sql).await };
-                    match tokio::time::timeout(Duration::from_secs(30), work).await {
-                        Ok(done) => done.map_err(|e| chain(&e)),
-                        Err(_) => Err("timed out".to_string()),
-                    }
-                })
-            });
+        let spawned = std::thread::Builder::new().name("drop-test-db".into()).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let work = async { admin_connect(&admin_url).await?.batch_execute(&sql).await };
+                match tokio::time::timeout(Duration::from_secs(30), work).await {
+                    Ok(done) => done.map_err(|e| chain(&e)),
+                    Err(_) => Err("timed out".to_string()),
+                }
+            })
+        });
         let outcome = match spawned {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|_| Err("thread panicked".into())),
+            Ok(handle) => handle.join().unwrap_or_else(|_| Err("thread panicked".into())),
             Err(e) => Err(e.to_string()),
         };
         // A leftover database is harmless (the cluster goes away anyway): warn, never panic.
         if let Err(e) = outcome {
-            say(&format!(
-                "todoql tests: could not drop test database {}: {e}",
-                self.name
-            ));
+            say(&format!("todoql tests: could not drop test database {}: {e}", self.name));
         }
     }
 }
@@ -140,14 +117,8 @@ fn with_database(url: &str, db: &str) -> String {
     };
     let rest = &url[scheme_end..];
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let query = rest[authority_end..]
-        .find('?')
-        .map_or("", |i| &rest[authority_end + i..]);
-    format!(
-        "{}{}/{db}{query}",
-        &url[..scheme_end],
-        &rest[..authority_end]
-    )
+    let query = rest[authority_end..].find('?').map_or("", |i| &rest[authority_end + i..]);
+    format!("{}{}/{db}{query}", &url[..scheme_end], &rest[..authority_end])
 }
 
 /// host:port of a connection string, without the password that it may carry.
@@ -160,10 +131,7 @@ fn describe(url: &str) -> String {
         Some(tokio_postgres::config::Host::Unix(dir)) => dir.display().to_string(),
         None => "localhost".into(),
     };
-    format!(
-        "{host}:{}",
-        config.get_ports().first().copied().unwrap_or(5432)
-    )
+    format!("{host}:{}", config.get_ports().first().copied().unwrap_or(5432))
 }
 
 /// An error with its causes: tokio-postgres' own message is just "db error".
@@ -242,16 +210,10 @@ impl Cluster {
     fn start() -> Result<Cluster, StartError> {
         let began = Instant::now();
         let bin = find_bin_dir().ok_or_else(|| {
-            StartError::NotFound(
-                "no initdb and pg_ctl on PATH or under /usr/lib/postgresql/*/bin".into(),
-            )
+            StartError::NotFound("no initdb and pg_ctl on PATH or under /usr/lib/postgresql/*/bin".into())
         })?;
-        let failed =
-            |what: &str, e: &dyn std::fmt::Display| StartError::Failed(format!("{what}: {e}"));
-        let pg = Pg {
-            bin,
-            run_as: run_as_user().map_err(StartError::Failed)?,
-        };
+        let failed = |what: &str, e: &dyn std::fmt::Display| StartError::Failed(format!("{what}: {e}"));
+        let pg = Pg { bin, run_as: run_as_user().map_err(StartError::Failed)? };
         let version = run(pg.command("pg_ctl").arg("--version")).map_err(StartError::Failed)?;
         let version = version.trim().replace("pg_ctl (PostgreSQL)", "PostgreSQL");
 
@@ -271,11 +233,7 @@ impl Cluster {
             make_traversable(&base).map_err(|e| failed("cannot open up the temp directory", &e))?;
         }
         // Registered before anything runs in `dir`, so a failed start is cleaned up too.
-        let _ = CLEANUP.set(ClusterFiles {
-            pg: pg.clone(),
-            dir: dir.clone(),
-            owner_pid: std::process::id(),
-        });
+        let _ = CLEANUP.set(ClusterFiles { pg: pg.clone(), dir: dir.clone(), owner_pid: std::process::id() });
         // SAFETY: registers a plain extern "C" fn that never unwinds.
         if unsafe { libc::atexit(stop_cluster_at_exit) } != 0 {
             return Err(StartError::Failed("atexit failed".into()));
@@ -299,12 +257,8 @@ impl Cluster {
             "todoql tests: using {} ({}) on 127.0.0.1:{port}{}, data in {}; started in {:.2?}",
             version,
             // Symlinks resolved, to name the real installation.
-            fs::canonicalize(pg.bin.join("pg_ctl"))
-                .unwrap_or_else(|_| pg.bin.join("pg_ctl"))
-                .display(),
-            pg.run_as
-                .as_ref()
-                .map_or(String::new(), |u| format!(" as user {}", u.name)),
+            fs::canonicalize(pg.bin.join("pg_ctl")).unwrap_or_else(|_| pg.bin.join("pg_ctl")).display(),
+            pg.run_as.as_ref().map_or(String::new(), |u| format!(" as user {}", u.name)),
             dir.display(),
             began.elapsed(),
         ));
@@ -340,10 +294,7 @@ fn start_server(pg: &Pg, data: &Path, log: &Path) -> Result<u16, StartError> {
             Err(e) => {
                 let log_text = fs::read_to_string(log).unwrap_or_default();
                 if !(log_text.contains("already in use") && attempt < ATTEMPTS) {
-                    return Err(StartError::Failed(format!(
-                        "{e}\n--- {} ---\n{log_text}",
-                        log.display()
-                    )));
+                    return Err(StartError::Failed(format!("{e}\n--- {} ---\n{log_text}", log.display())));
                 }
             }
         }
@@ -370,8 +321,7 @@ impl Pg {
         let program = self.bin.join(tool);
         let mut command = match &self.run_as {
             Some(user) => {
-                let mut c =
-                    Command::new(find_program("runuser").unwrap_or_else(|| "runuser".into()));
+                let mut c = Command::new(find_program("runuser").unwrap_or_else(|| "runuser".into()));
                 c.args(["-u", &user.name, "--"]).arg(program);
                 c
             }
@@ -385,9 +335,7 @@ impl Pg {
 
 /// Runs to completion; Ok(stdout), or Err with everything it printed.
 fn run(command: &mut Command) -> Result<String, String> {
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let output = command.output().map_err(|e| format!("cannot run {command:?}: {e}"))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
@@ -424,11 +372,7 @@ fn lookup_user(name: &str) -> Option<User> {
         return None;
     }
     let (uid, gid) = unsafe { ((*record).pw_uid, (*record).pw_gid) };
-    Some(User {
-        name: name.into(),
-        uid,
-        gid,
-    })
+    Some(User { name: name.into(), uid, gid })
 }
 
 fn euid() -> u32 {
@@ -442,10 +386,7 @@ fn make_traversable(dir: &Path) -> io::Result<()> {
         let mode = fs::metadata(ancestor)?.permissions().mode() & 0o7777;
         if mode & 0o001 == 0 {
             fs::set_permissions(ancestor, fs::Permissions::from_mode(mode | 0o001))?;
-            say(&format!(
-                "todoql tests: added o+x to {} for the PostgreSQL user",
-                ancestor.display()
-            ));
+            say(&format!("todoql tests: added o+x to {} for the PostgreSQL user", ancestor.display()));
         }
     }
     Ok(())
@@ -471,12 +412,7 @@ fn find_bin_dir() -> Option<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .flatten()
-        .filter_map(|entry| {
-            Some((
-                entry.file_name().to_str()?.parse().ok()?,
-                entry.path().join("bin"),
-            ))
-        })
+        .filter_map(|entry| Some((entry.file_name().to_str()?.parse().ok()?, entry.path().join("bin"))))
         .filter(|(_, bin)| has_tools(bin))
         .collect();
     versions.sort();
@@ -509,11 +445,7 @@ fn sweep_stale_clusters(base: &Path, pg: &Pg) {
         return;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else {
             continue;
         };
         // A directory named after our own pid is a leftover of an earlier process with it.
@@ -522,10 +454,7 @@ fn sweep_stale_clusters(base: &Path, pg: &Pg) {
         }
         stop_and_remove(pg, &entry.path());
         if !entry.path().exists() {
-            say(&format!(
-                "todoql tests: removed stale test cluster {}",
-                entry.path().display()
-            ));
+            say(&format!("todoql tests: removed stale test cluster {}", entry.path().display()));
         }
     }
 }
@@ -551,11 +480,7 @@ fn postmaster_running(data: &Path) -> bool {
     let Ok(text) = fs::read_to_string(data.join("postmaster.pid")) else {
         return false;
     };
-    let Some(pid) = text
-        .lines()
-        .next()
-        .and_then(|line| line.trim().parse().ok())
-    else {
+    let Some(pid) = text.lines().next().and_then(|line| line.trim().parse().ok()) else {
         return false;
     };
     // Without /proc (not Linux), trust the pid file.

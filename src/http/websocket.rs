@@ -1,0 +1,180 @@
+//! Subscriptions over WebSocket: `graphql-transport-ws` (the `graphql-ws`
+//! library, GraphiQL) and the legacy `subscriptions-transport-ws`.
+//!
+//! async-graphql speaks the protocol; this loop around it adds what a
+//! production server needs: the protocol's close codes (4403 for a refused
+//! token, 4408 for a missing `connection_init`), server pings so dead peers
+//! are noticed, and a clean 1001 close on shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_graphql::Data;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols, WsMessage};
+use axum::extract::FromRequestParts;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt as _, StreamExt as _, future};
+use std::str::FromStr as _;
+
+use super::HttpState;
+use crate::auth::guard;
+use crate::error::AppError;
+
+/// How often the server pings an idle, acknowledged connection.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// A `graphql-transport-ws` peer silent for this long (three unanswered
+/// pings) is gone: close it.
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(45);
+/// The protocol's deadline for `connection_init`.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const CLOSE_FORBIDDEN: u16 = 4403;
+const CLOSE_INIT_TIMEOUT: u16 = 4408;
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+pub async fn upgrade(state: HttpState, parts: &mut ::http::request::Parts) -> Response {
+    let protocol = parts
+        .headers
+        .get(::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|offered| offered.split(',').find_map(|p| WebSocketProtocols::from_str(p.trim()).ok()));
+    let Some(protocol) = protocol else {
+        return (
+            ::http::StatusCode::BAD_REQUEST,
+            "Unsupported WebSocket sub-protocol: use graphql-transport-ws",
+        )
+            .into_response();
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| serve(socket, state, protocol))
+}
+
+/// The token of a `connection_init` payload: `Authorization`,
+/// `authorization` or `authToken`, with or without `Bearer `.
+fn init_payload_token(payload: &serde_json::Value) -> Option<String> {
+    let raw = ["Authorization", "authorization", "authToken"]
+        .iter()
+        .find_map(|key| payload.get(key).and_then(|v| v.as_str()))?;
+    let raw = raw.trim();
+    let has_scheme = raw.get(..7).is_some_and(|prefix| prefix.eq_ignore_ascii_case("bearer "));
+    Some(if has_scheme || raw.eq_ignore_ascii_case("bearer") {
+        raw.to_owned()
+    } else {
+        format!("Bearer {raw}")
+    })
+}
+
+async fn serve(socket: WebSocket, state: HttpState, protocol: WebSocketProtocols) {
+    let (mut sink, source) = socket.split();
+    let input = source.take_while(|message| future::ready(message.is_ok())).filter_map(|message| {
+        future::ready(match message {
+            Ok(message @ (Message::Text(_) | Message::Binary(_))) => Some(message.into_data()),
+            _ => None,
+        })
+    });
+
+    let refused = Arc::new(AtomicBool::new(false));
+    let on_init = {
+        let state = state.clone();
+        let refused = Arc::clone(&refused);
+        move |payload: serde_json::Value| async move {
+            let result = async {
+                let value = init_payload_token(&payload);
+                let token = guard::bearer_token(value.as_deref())?.ok_or(AppError::Unauthenticated(
+                    "Send Authorization: Bearer <token> in connection_init",
+                ))?;
+                guard::authenticate_session(&state.app.db, &state.app.auth.tokens, token).await
+            }
+            .await;
+            match result {
+                Ok((user, session)) => {
+                    let mut data = Data::default();
+                    data.insert(user);
+                    data.insert(session);
+                    Ok(data)
+                }
+                Err(error) => {
+                    refused.store(true, Ordering::Release);
+                    Err(async_graphql::Error::from(error))
+                }
+            }
+        }
+    };
+    let legacy = protocol == WebSocketProtocols::SubscriptionsTransportWS;
+    // The legacy protocol has no pong: only the modern one can be timed out.
+    let silence = if legacy { None } else { Some(SILENCE_TIMEOUT) };
+    let protocol_stream = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocol)
+        .on_connection_init(on_init)
+        .keepalive_timeout(silence);
+    futures_util::pin_mut!(protocol_stream);
+
+    let mut shutdown = state.app.shutdown.subscribe();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
+    tokio::pin!(init_deadline);
+    let mut acknowledged = false;
+
+    let close = |code: u16, reason: &str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    loop {
+        tokio::select! {
+            message = protocol_stream.next() => match message {
+                Some(WsMessage::Text(text)) => {
+                    acknowledged |= !acknowledged && text.contains("\"connection_ack\"");
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(WsMessage::Close(code, reason)) => {
+                    // async-graphql closes a refused connection_init with 1002;
+                    // the protocol says 4403 Forbidden.
+                    let code = if code == 1002 && refused.load(Ordering::Acquire) { CLOSE_FORBIDDEN } else { code };
+                    let _ = sink.send(close(code, &reason)).await;
+                    break;
+                }
+                None => break,
+            },
+            _ = ping.tick(), if acknowledged => {
+                let ping = if legacy { r#"{"type":"ka"}"# } else { r#"{"type":"ping"}"# };
+                if sink.send(Message::Text(ping.into())).await.is_err() {
+                    break;
+                }
+            }
+            () = &mut init_deadline, if !acknowledged => {
+                let _ = sink.send(close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout")).await;
+                break;
+            }
+            () = crate::events::stopping(&mut shutdown) => {
+                let _ = sink.send(close(CLOSE_GOING_AWAY, "Server is shutting down")).await;
+                break;
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_the_token_in_connection_init() {
+        assert_eq!(
+            init_payload_token(&json!({"Authorization": "Bearer abc"})).as_deref(),
+            Some("Bearer abc")
+        );
+        assert_eq!(
+            init_payload_token(&json!({"authorization": "bearer abc"})).as_deref(),
+            Some("bearer abc")
+        );
+        assert_eq!(init_payload_token(&json!({"authToken": "abc"})).as_deref(), Some("Bearer abc"));
+        assert_eq!(init_payload_token(&json!({"Authorization": "Bearer "})).as_deref(), Some("Bearer"));
+        assert_eq!(init_payload_token(&json!({})), None);
+        assert_eq!(init_payload_token(&json!({"Authorization": 42})), None);
+    }
+}
