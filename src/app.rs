@@ -68,6 +68,15 @@ impl Server {
                 Arc::clone(&app.db.hub),
                 app.shutdown.subscribe(),
             ));
+            // Subscriptions are refused until the listener is connected: give
+            // it a moment so a fresh instance is ready when it says so.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !app.db.hub.is_live() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !app.db.hub.is_live() {
+                tracing::warn!("the event listener is not connected yet; subscriptions wait for it");
+            }
         }
         let schema = graphql::schema(app.clone(), &app.config.limits);
         let router = http::router(HttpState { app: app.clone(), schema });

@@ -3,10 +3,12 @@
 
 mod helpers;
 mod postgres;
+mod ws;
 
 mod accounts;
 mod concurrency;
 mod http_surface;
 mod isolation;
 mod pagination;
+mod subscriptions;
 mod todos;

@@ -159,6 +159,8 @@ fn in_ci() -> bool {
 
 struct Cluster {
     port: u16,
+    pg: Pg,
+    dir: PathBuf,
 }
 
 enum StartError {
@@ -262,8 +264,43 @@ impl Cluster {
             dir.display(),
             began.elapsed(),
         ));
-        Ok(Cluster { port })
+        Ok(Cluster { port, pg, dir })
     }
+}
+
+/// Stops (`-m fast`, as an operator would) or starts again this process's own
+/// cluster, on the same port, for tests of outages. `false` when the tests
+/// run against `TEST_DATABASE_URL` (not ours to stop) or without PostgreSQL.
+#[allow(dead_code)]
+pub async fn set_cluster_running(running: bool) -> bool {
+    if std::env::var_os("TEST_DATABASE_URL").is_some() {
+        return false;
+    }
+    let Some(cluster) = cluster().await else { return false };
+    let (pg, dir, port) = (cluster.pg.clone(), cluster.dir.clone(), cluster.port);
+    tokio::task::spawn_blocking(move || {
+        let data = dir.join("data");
+        let result = if running {
+            let options = format!(
+                "-p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=off \
+                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=400",
+                data.display()
+            );
+            run(pg
+                .command("pg_ctl")
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.join("postgres.log"))
+                .args(["-o", &options]))
+        } else {
+            run(pg.command("pg_ctl").args(["stop", "-m", "fast", "-w", "-D"]).arg(&data))
+        };
+        result.unwrap_or_else(|e| panic!("todoql tests: pg_ctl failed: {e}"));
+    })
+    .await
+    .expect("pg_ctl task");
+    true
 }
 
 /// Starts the server on a free port; returns the port.

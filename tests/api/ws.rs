@@ -1,0 +1,120 @@
+//! A minimal `graphql-transport-ws` client for the tests.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::helpers::TestApp;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct WsClient {
+    socket: Socket,
+}
+
+/// What the server said next.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A `next`, `error` or `complete` message (JSON).
+    Message(Value),
+    /// The server closed the connection with this code.
+    Closed(u16),
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+impl WsClient {
+    /// Opens a socket to `addr` and sends `connection_init` with `payload`;
+    /// returns the client once acknowledged, or the close code.
+    pub async fn connect(app: &TestApp, payload: Value) -> Result<Self, u16> {
+        let mut request = format!("ws://{}/graphql", app.addr).into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "graphql-transport-ws".parse().expect("header"));
+        let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade");
+        assert_eq!(
+            response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
+            Some("graphql-transport-ws")
+        );
+        let mut client = Self { socket };
+        client.send(json!({"type": "connection_init", "payload": payload})).await;
+        match client.next().await {
+            Incoming::Message(message) if message["type"] == "connection_ack" => Ok(client),
+            Incoming::Message(other) => panic!("expected connection_ack, got {other}"),
+            Incoming::Closed(code) => Err(code),
+        }
+    }
+
+    pub async fn with_token(app: &TestApp, token: &str) -> Self {
+        Self::connect(app, json!({"Authorization": format!("Bearer {token}")})).await.expect("accepted")
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.socket.send(Message::Text(message.to_string().into())).await.expect("sent");
+    }
+
+    pub async fn subscribe(&mut self, id: &str, query: &str) {
+        self.send(json!({"id": id, "type": "subscribe", "payload": {"query": query}})).await;
+    }
+
+    /// The next message or close, answering pings; panics after `WAIT`.
+    pub async fn next(&mut self) -> Incoming {
+        self.next_within(WAIT).await.unwrap_or_else(|| panic!("nothing from the server within {WAIT:?}"))
+    }
+
+    /// Like [`next`], but `None` when nothing arrives within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Incoming> {
+        loop {
+            let frame = tokio::time::timeout(wait, self.socket.next()).await.ok()?;
+            match frame {
+                None | Some(Err(_)) => return Some(Incoming::Closed(1006)),
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(Incoming::Closed(frame.map_or(1005, |f| u16::from(f.code))));
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let message: Value = serde_json::from_str(&text).expect("JSON message");
+                    if message["type"] == "ping" {
+                        self.send(json!({"type": "pong"})).await;
+                        continue;
+                    }
+                    return Some(Incoming::Message(message));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next `next` message's payload for subscription `id`.
+    pub async fn next_payload(&mut self, id: &str) -> Value {
+        match self.next().await {
+            Incoming::Message(message) if message["type"] == "next" && message["id"] == id => {
+                message["payload"].clone()
+            }
+            other => panic!("expected a next message for {id}, got {other:?}"),
+        }
+    }
+
+    pub async fn expect_complete(&mut self, id: &str) {
+        match self.next().await {
+            Incoming::Message(message) if message["type"] == "complete" && message["id"] == id => {}
+            other => panic!("expected complete for {id}, got {other:?}"),
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self
+            .socket
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            }))
+            .await;
+    }
+}
+
+pub const TODO_EVENTS: &str =
+    "subscription { todoEvents { kind todoId todo { id title description completed } } }";
