@@ -23,6 +23,14 @@ pub async fn run(url: &DatabaseUrl) -> AppResult<usize> {
                 diesel_async::AsyncPgConnection,
             >::establish(&url)
             .map_err(|e| AppError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+            // Instances starting together take turns: the first applies the
+            // migrations, the others then find nothing pending. The lock is
+            // released when this connection closes.
+            diesel::connection::SimpleConnection::batch_execute(
+                &mut conn,
+                "SELECT pg_advisory_lock(7420656001)",
+            )
+            .map_err(|e| AppError::Internal(format!("cannot take the migration lock: {e}")))?;
             apply(&mut conn, POSTGRES)
         }
         DatabaseUrl::Sqlite(path) => {

@@ -196,7 +196,7 @@ pub async fn listen(url: String, db: Db, hub: Arc<Hub>, mut shutdown: tokio::syn
             () = tokio::time::sleep(backoff) => {}
             () = crate::events::stopping(&mut shutdown) => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -27,7 +27,7 @@ async fn connections_without_a_valid_token_are_refused(app: TestApp) {
         json!({"authToken": "a.b.c"}),
         json!({"Authorization": format!("Basic {}", account.token)}),
     ] {
-        match WsClient::connect(&app, payload.clone()).await {
+        match WsClient::connect(app.addr, payload.clone()).await {
             Err(code) => assert_eq!(code, 4403, "{payload}"),
             Ok(_) => panic!("{payload} was accepted"),
         }
@@ -38,7 +38,7 @@ async fn connections_without_a_valid_token_are_refused(app: TestApp) {
         json!({"authorization": format!("Bearer {}", account.token)}),
         json!({"authToken": account.token}),
     ] {
-        WsClient::connect(&app, payload).await.expect("accepted").close().await;
+        WsClient::connect(app.addr, payload).await.expect("accepted").close().await;
     }
     // A subscription over plain HTTP gets a GraphQL error, not a hang.
     let response = app.gql(Some(&account.token), TODO_EVENTS, json!({})).await;
@@ -57,7 +57,7 @@ fn event(payload: &Value) -> (String, String, Value) {
 
 async fn own_events_arrive_in_commit_order_with_their_payload(app: TestApp) {
     let user = app.signup("live@example.com").await;
-    let mut ws = WsClient::with_token(&app, &user.token).await;
+    let mut ws = WsClient::with_token(app.addr, &user.token).await;
     ws.subscribe("1", TODO_EVENTS).await;
     // Give the subscription a moment to register before writing.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -111,7 +111,7 @@ async fn own_events_arrive_in_commit_order_with_their_payload(app: TestApp) {
 async fn other_users_events_never_arrive(app: TestApp) {
     let alice = app.signup("alice-live@example.com").await;
     let bob = app.signup("bob-live@example.com").await;
-    let mut bob_ws = WsClient::with_token(&app, &bob.token).await;
+    let mut bob_ws = WsClient::with_token(app.addr, &bob.token).await;
     bob_ws.subscribe("b", TODO_EVENTS).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     for i in 0..5 {
@@ -136,7 +136,7 @@ async fn expect_unauthenticated_end(ws: &mut WsClient, id: &str) {
 
 async fn a_revoked_token_ends_the_subscription(app: TestApp) {
     let user = app.signup("revoke@example.com").await;
-    let mut ws = WsClient::with_token(&app, &user.token).await;
+    let mut ws = WsClient::with_token(app.addr, &user.token).await;
     ws.subscribe("1", TODO_EVENTS).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     app.gql(Some(&user.token), "mutation { logoutEverywhere }", json!({})).await.ok();
@@ -161,7 +161,7 @@ async fn a_revoked_token_ends_the_subscription(app: TestApp) {
         .as_str()
         .expect("token")
         .to_owned();
-    let mut ws = WsClient::with_token(&app, &fresh).await;
+    let mut ws = WsClient::with_token(app.addr, &fresh).await;
     ws.subscribe("3", TODO_EVENTS).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     app.gql(
@@ -177,7 +177,7 @@ async fn a_revoked_token_ends_the_subscription(app: TestApp) {
 async fn deleting_the_account_ends_the_subscription(app: TestApp) {
     let user = app.signup("leaving@example.com").await;
     let todo = app.create_todo(&user.token, json!({"title": "goes too"})).await;
-    let mut ws = WsClient::with_token(&app, &user.token).await;
+    let mut ws = WsClient::with_token(app.addr, &user.token).await;
     ws.subscribe("1", TODO_EVENTS).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     app.gql(
@@ -202,7 +202,7 @@ async fn an_expiring_token_ends_the_subscription(app: TestApp) {
         &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .expect("token");
-    let mut ws = WsClient::with_token(&app, &short).await;
+    let mut ws = WsClient::with_token(app.addr, &short).await;
     ws.subscribe("1", TODO_EVENTS).await;
     let started = std::time::Instant::now();
     expect_unauthenticated_end(&mut ws, "1").await;
@@ -222,7 +222,7 @@ async fn open_subscriptions_are_capped_per_user_and_per_instance() {
         };
         let alice = app.signup("cap-a@example.com").await;
         let bob = app.signup("cap-b@example.com").await;
-        let mut ws = WsClient::with_token(&app, &alice.token).await;
+        let mut ws = WsClient::with_token(app.addr, &alice.token).await;
         for id in ["1", "2", "3"] {
             ws.subscribe(id, TODO_EVENTS).await;
         }
@@ -235,7 +235,7 @@ async fn open_subscriptions_are_capped_per_user_and_per_instance() {
         );
         ws.expect_complete(&refused_id).await;
         let live_id = if refused_id == "1" { "2" } else { "1" };
-        let mut bob_ws = WsClient::with_token(&app, &bob.token).await;
+        let mut bob_ws = WsClient::with_token(app.addr, &bob.token).await;
         bob_ws.subscribe("1", TODO_EVENTS).await;
         bob_ws.subscribe("2", TODO_EVENTS).await;
         let refused = bob_ws.next_payload("2").await;

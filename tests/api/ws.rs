@@ -8,8 +8,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::helpers::TestApp;
-
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct WsClient {
@@ -30,8 +28,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 impl WsClient {
     /// Opens a socket to `addr` and sends `connection_init` with `payload`;
     /// returns the client once acknowledged, or the close code.
-    pub async fn connect(app: &TestApp, payload: Value) -> Result<Self, u16> {
-        let mut request = format!("ws://{}/graphql", app.addr).into_client_request().expect("request");
+    pub async fn connect(addr: std::net::SocketAddr, payload: Value) -> Result<Self, u16> {
+        let mut request = format!("ws://{addr}/graphql").into_client_request().expect("request");
         request
             .headers_mut()
             .insert("sec-websocket-protocol", "graphql-transport-ws".parse().expect("header"));
@@ -49,8 +47,8 @@ impl WsClient {
         }
     }
 
-    pub async fn with_token(app: &TestApp, token: &str) -> Self {
-        Self::connect(app, json!({"Authorization": format!("Bearer {token}")})).await.expect("accepted")
+    pub async fn with_token(addr: std::net::SocketAddr, token: &str) -> Self {
+        Self::connect(addr, json!({"Authorization": format!("Bearer {token}")})).await.expect("accepted")
     }
 
     pub async fn send(&mut self, message: Value) {
