@@ -6,6 +6,7 @@
 #[path = "api/postgres.rs"]
 mod postgres;
 #[path = "api/ws.rs"]
+#[allow(dead_code)] // shared with the api suite, which uses all of it
 mod ws;
 
 use std::io::{BufRead as _, BufReader};

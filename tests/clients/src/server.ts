@@ -63,8 +63,10 @@ export async function startServer(): Promise<RunningServer> {
       fail(new Error(`todoql exited early (code ${code}, signal ${signal}):\n${log}`));
     });
   }).catch(async (error: unknown) => {
-    child.kill("SIGKILL");
-    await exited;
+    if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGKILL");
+      await exited;
+    }
     rmSync(dir, { recursive: true, force: true });
     throw error;
   });
