@@ -51,7 +51,17 @@ pub async fn upgrade(state: HttpState, parts: &mut ::http::request::Parts) -> Re
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| serve(socket, state, protocol))
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        // tungstenite's defaults (128 KiB read and write buffers) would cost
+        // a quarter of a MiB per idle connection; protocol messages are small.
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1024 * 1024)
+        // A subscribe message carries a document: the HTTP body limit applies.
+        .max_message_size(state.app.config.limits.max_body_bytes)
+        .max_frame_size(state.app.config.limits.max_body_bytes)
+        .on_upgrade(move |socket| serve(socket, state, protocol))
 }
 
 /// The token of a `connection_init` payload: `Authorization`,
