@@ -30,7 +30,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub database_url: String,
     _storage: Storage,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A response, with helpers to read it.
@@ -107,8 +107,15 @@ impl TestApp {
             client: reqwest::Client::new(),
             database_url: url,
             _storage: storage,
-            _shutdown: shutdown,
+            shutdown: Some(shutdown),
         })
+    }
+
+    /// Starts the server's graceful shutdown, as SIGTERM does.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

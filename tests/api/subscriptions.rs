@@ -16,6 +16,7 @@ backend_tests!(
     a_revoked_token_ends_the_subscription,
     deleting_the_account_ends_the_subscription,
     an_expiring_token_ends_the_subscription,
+    shutdown_closes_sockets_with_going_away,
 );
 
 async fn connections_without_a_valid_token_are_refused(app: TestApp) {
@@ -259,4 +260,24 @@ async fn open_subscriptions_are_capped_per_user_and_per_instance() {
         heard_by.sort();
         assert_eq!(heard_by, ["1", "3"]);
     }
+}
+
+async fn shutdown_closes_sockets_with_going_away(mut app: TestApp) {
+    let user = app.signup("bye@example.com").await;
+    let mut ws = WsClient::with_token(app.addr, &user.token).await;
+    ws.subscribe("1", TODO_EVENTS).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.begin_shutdown();
+    // The subscription completes and the socket closes with 1001, promptly.
+    let started = std::time::Instant::now();
+    loop {
+        match ws.next().await {
+            Incoming::Message(message) => assert_eq!(message["type"], "complete", "{message}"),
+            Incoming::Closed(code) => {
+                assert_eq!(code, 1001);
+                break;
+            }
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
 }
