@@ -8,6 +8,7 @@
 //! 2. keeps `FANOUT` subscribers on one user and measures how many events
 //!    per second reach them while a writer toggles `setAllTodosCompleted` over
 //!    `TODOS` todos (each mutation announces `TODOS` events).
+//!
 //! Sizes: `BENCH_IDLE` (10000), `BENCH_FANOUT` (100), `BENCH_SECONDS` (5).
 
 use std::io::{BufRead as _, BufReader};
