@@ -54,6 +54,7 @@ impl Server {
         let auth = Auth {
             hasher: PasswordHasher::new(config.bcrypt_cost, config.bcrypt_concurrency),
             tokens: TokenKeys::new(&secret, config.jwt_ttl),
+            login_limits: config.login_limits.clone(),
         };
         let listener = TcpListener::bind(config.listen_addr)
             .await
@@ -78,6 +79,11 @@ impl Server {
                 tracing::warn!("the event listener is not connected yet; subscriptions wait for it");
             }
         }
+        tokio::spawn(crate::auth::rate_limit::prune_forever(
+            app.db.clone(),
+            app.config.login_limits.window,
+            app.shutdown.subscribe(),
+        ));
         let schema = graphql::schema(app.clone(), &app.config.limits);
         let router = http::router(HttpState { app: app.clone(), schema });
         Ok(Self { listener, router, app })
@@ -98,14 +104,16 @@ impl Server {
         tracing::info!("listening on http://{addr}/graphql");
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let app = Arc::clone(&self.app);
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests, closing subscriptions");
-            // WebSockets are not part of axum's graceful shutdown: tell them.
-            app.shutdown.send_replace(true);
-            app.db.hub.broadcast(HubMessage::Shutdown);
-            let _ = stopping_tx.send(());
-        });
+        let serve =
+            axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    shutdown.await;
+                    tracing::info!("shutting down: finishing in-flight requests, closing subscriptions");
+                    // WebSockets are not part of axum's graceful shutdown: tell them.
+                    app.shutdown.send_replace(true);
+                    app.db.hub.broadcast(HubMessage::Shutdown);
+                    let _ = stopping_tx.send(());
+                });
         let grace_expired = async move {
             if stopping_rx.await.is_ok() {
                 tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -106,6 +106,19 @@ pub struct ConfigArgs {
     /// (revocations also arrive as events; this is the backstop).
     #[arg(long, env = "SUBSCRIPTION_RECHECK", default_value = "30s", global = true)]
     pub subscription_recheck: String,
+    /// Failed login attempts allowed per email in the window.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_EMAIL", default_value = "10", global = true)]
+    pub login_max_failures_per_email: String,
+    /// Failed login attempts allowed per client address in the window.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDRESS", default_value = "100", global = true)]
+    pub login_max_failures_per_address: String,
+    /// The login rate-limit window (humantime).
+    #[arg(long, env = "LOGIN_WINDOW", default_value = "15m", global = true)]
+    pub login_window: String,
+    /// Use the first X-Forwarded-For address as the client address (only
+    /// behind a proxy that sets it).
+    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value = "false", global = true)]
+    pub trust_forwarded_for: String,
     /// Whether schema introspection is allowed.
     #[arg(long, env = "INTROSPECTION", default_value = "true", global = true)]
     pub introspection: String,
@@ -209,6 +222,8 @@ pub struct Config {
     pub subscriptions_per_instance: usize,
     pub subscription_recheck: Duration,
     pub log_format: LogFormat,
+    pub login_limits: crate::auth::rate_limit::LoginLimits,
+    pub trust_forwarded_for: bool,
     pub dev: bool,
     pub limits: Limits,
 }
@@ -349,6 +364,15 @@ impl Config {
             subscriptions_per_instance: parse_number("MAX_SUBSCRIPTIONS", &args.max_subscriptions)?,
             subscription_recheck: parse_duration("SUBSCRIPTION_RECHECK", &args.subscription_recheck)?,
             log_format,
+            login_limits: crate::auth::rate_limit::LoginLimits {
+                per_email: parse_number("LOGIN_MAX_FAILURES_PER_EMAIL", &args.login_max_failures_per_email)?,
+                per_address: parse_number(
+                    "LOGIN_MAX_FAILURES_PER_ADDRESS",
+                    &args.login_max_failures_per_address,
+                )?,
+                window: parse_duration("LOGIN_WINDOW", &args.login_window)?,
+            },
+            trust_forwarded_for: parse_bool("TRUST_FORWARDED_FOR", &args.trust_forwarded_for)?,
             dev: args.dev,
             limits,
         })

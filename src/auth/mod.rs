@@ -3,6 +3,7 @@
 pub mod email;
 pub mod guard;
 pub mod password;
+pub mod rate_limit;
 pub mod token;
 
 use crate::db::types::DbId;
@@ -20,6 +21,7 @@ pub const WRONG_PASSWORD: &str = "The password is not correct";
 pub struct Auth {
     pub hasher: PasswordHasher,
     pub tokens: TokenKeys,
+    pub login_limits: rate_limit::LoginLimits,
 }
 
 pub struct SignedIn {
@@ -39,7 +41,14 @@ impl Auth {
     }
 
     #[tracing::instrument(skip_all)]
-    pub async fn login(&self, db: &Db, email: &str, password: &str) -> AppResult<SignedIn> {
+    pub async fn login(
+        &self,
+        db: &Db,
+        email: &str,
+        password: &str,
+        client: Option<rate_limit::ClientAddr>,
+    ) -> AppResult<SignedIn> {
+        let attempt = self.login_limits.admit(db, email, client).await?;
         // Malformed input answers like a wrong password, after the same work,
         // so nothing about the account can be told from the reply or its time.
         let account = match email::normalize(email) {
@@ -52,7 +61,10 @@ impl Auth {
             _ => self.hasher.verify_dummy(password).await?,
         };
         match account {
-            Some((user, _)) if verified => self.sign_in(user),
+            Some((user, _)) if verified => {
+                attempt.succeeded(db).await?;
+                self.sign_in(user)
+            }
             _ => Err(AppError::Unauthenticated(INVALID_CREDENTIALS)),
         }
     }

@@ -5,6 +5,7 @@
 //! backend, each with that backend's schema module in scope. Queries are
 //! written once (in `users.rs`, `todos.rs`); the compiler checks each copy.
 
+pub mod login_attempts;
 pub mod migrations;
 pub mod schema;
 pub mod todos;

@@ -42,8 +42,20 @@ macro_rules! define_tables {
             }
         }
 
+        diesel::table! {
+            use diesel::sql_types::*;
+
+            /// One row per login attempt under a rate-limit key (an email or
+            /// a client address), kept for the length of the window.
+            login_attempts (id) {
+                id -> $id,
+                key -> Text,
+                at -> $time,
+            }
+        }
+
         diesel::joinable!(todos -> users (owner_id));
-        diesel::allow_tables_to_appear_in_same_query!(users, todos);
+        diesel::allow_tables_to_appear_in_same_query!(users, todos, login_attempts);
     };
 }
 

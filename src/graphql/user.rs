@@ -5,6 +5,7 @@ use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use super::ContextExt as _;
 use super::scalars::DateTime;
 use crate::auth::SignedIn;
+use crate::auth::rate_limit::ClientAddr;
 use crate::db::users;
 
 /// An account. The password hash never leaves the database layer.
@@ -86,7 +87,8 @@ impl UserMutation {
     /// Sign in. UNAUTHENTICATED for an unknown email or a wrong password (same message for both).
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload> {
         let app = ctx.app();
-        Ok(app.auth.login(&app.db, &input.email, &input.password).await?.into())
+        let client = ctx.data_opt::<ClientAddr>().copied();
+        Ok(app.auth.login(&app.db, &input.email, &input.password, client).await?.into())
     }
 
     /// Changes the password; every token issued before stops working. Returns a fresh token.

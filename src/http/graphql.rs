@@ -11,13 +11,17 @@ use ::http::{HeaderMap, HeaderValue, StatusCode, header};
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql::{BatchRequest, Request, Response, ServerError, Value};
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use serde::Serialize;
 
 use super::HttpState;
 use super::graphiql;
 use crate::auth::guard;
+use crate::auth::rate_limit::ClientAddr;
 use crate::db::users::User;
 use crate::error::AppError;
 
@@ -155,11 +159,36 @@ async fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Option<U
     }
 }
 
-async fn execute(state: &HttpState, request: Request, user: Option<&User>) -> Response {
-    let request = match user {
-        Some(user) => request.data(user.clone()),
-        None => request,
-    };
+/// Who is asking: the signed-in user, if any, and the client address.
+struct Caller {
+    user: Option<User>,
+    address: Option<ClientAddr>,
+}
+
+/// The client address: the TCP peer, or (only when configured, behind a
+/// proxy that sets it) the first `X-Forwarded-For` entry.
+fn client_addr(state: &HttpState, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<ClientAddr> {
+    if state.app.config.trust_forwarded_for {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|first| first.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = forwarded {
+            return Some(ClientAddr(ip));
+        }
+    }
+    peer.map(|peer| ClientAddr(peer.ip()))
+}
+
+async fn execute(state: &HttpState, request: Request, caller: &Caller) -> Response {
+    let mut request = request;
+    if let Some(user) = &caller.user {
+        request = request.data(user.clone());
+    }
+    if let Some(address) = caller.address {
+        request = request.data(address);
+    }
     let timeout = state.app.config.limits.request_timeout;
     match tokio::time::timeout(timeout, state.schema.execute(request)).await {
         Ok(response) => response,
@@ -179,7 +208,12 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
 }
 
 /// `POST /graphql` with a JSON body: one request or a batch (an array).
-pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+pub async fn post(
+    State(state): State<HttpState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
     let media = Media::negotiate(&headers);
     // Only JSON is executed: a form or text/plain POST is what a cross-site
     // page can send without a CORS preflight.
@@ -215,10 +249,10 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Byte
             };
         }
     };
+    let caller =
+        Caller { user, address: client_addr(&state, &headers, peer.map(|Extension(ConnectInfo(a))| a)) };
     match batch {
-        BatchRequest::Single(request) => {
-            single_response(media, &execute(&state, request, user.as_ref()).await)
-        }
+        BatchRequest::Single(request) => single_response(media, &execute(&state, request, &caller).await),
         BatchRequest::Batch(requests) => {
             let limit = state.app.config.limits.max_batch_size;
             if requests.is_empty() || requests.len() > limit {
@@ -230,7 +264,7 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Byte
                 );
             }
             let responses = futures_util::future::join_all(
-                requests.into_iter().map(|request| execute(&state, request, user.as_ref())),
+                requests.into_iter().map(|request| execute(&state, request, &caller)),
             )
             .await;
             let wire: Vec<WireResponse<'_>> = responses.iter().map(wire).collect();
@@ -241,7 +275,11 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Byte
 
 /// `GET /graphql`: WebSocket upgrade, GraphiQL for browsers, or a query in
 /// the URL. Mutations are refused over GET (405): GET must be safe.
-pub async fn get(State(state): State<HttpState>, request: axum::extract::Request) -> HttpResponse {
+pub async fn get(
+    State(state): State<HttpState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    request: axum::extract::Request,
+) -> HttpResponse {
     let (mut parts, _body) = request.into_parts();
     if parts.headers.contains_key(header::UPGRADE) {
         return super::websocket::upgrade(state, &mut parts).await;
@@ -280,7 +318,11 @@ pub async fn get(State(state): State<HttpState>, request: axum::extract::Request
         Ok(user) => user,
         Err(error) => return single_response(media, &app_error_response(error)),
     };
-    single_response(media, &execute(&state, request, user.as_ref()).await)
+    let caller = Caller {
+        user,
+        address: client_addr(&state, &parts.headers, peer.map(|Extension(ConnectInfo(a))| a)),
+    };
+    single_response(media, &execute(&state, request, &caller).await)
 }
 
 /// The type of the operation a request would run; `None` when the document

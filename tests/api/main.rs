@@ -10,5 +10,6 @@ mod concurrency;
 mod http_surface;
 mod isolation;
 mod pagination;
+mod rate_limit;
 mod subscriptions;
 mod todos;
