@@ -82,7 +82,9 @@ pub fn finalize(mut response: Response) -> Response {
         if has_code {
             continue;
         }
-        if is_input_coercion_error(&error.message) {
+        if is_operation_selection_error(&error.message) && error.path.is_empty() {
+            *error = with_code(std::mem::replace(error, ServerError::new("", None)), "BAD_REQUEST");
+        } else if is_input_coercion_error(&error.message) {
             *error = with_code(
                 std::mem::replace(error, ServerError::new("", None)),
                 ErrorCode::BadUserInput.as_str(),
@@ -103,4 +105,9 @@ pub fn finalize(mut response: Response) -> Response {
 /// (e.g. an argument given through a variable). They name only the type.
 fn is_input_coercion_error(message: &str) -> bool {
     message.starts_with("Failed to parse") || message.starts_with("Invalid value for argument")
+}
+
+/// async-graphql's messages for a request that names no runnable operation.
+fn is_operation_selection_error(message: &str) -> bool {
+    message.starts_with("Operation name required") || message.starts_with("Unknown operation named")
 }

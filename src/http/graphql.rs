@@ -38,15 +38,24 @@ enum Media {
 }
 
 impl Media {
+    /// The supported type the client ranks highest (`q`), the modern one on
+    /// a tie; `application/json` when `Accept` is absent or names neither.
     fn negotiate(headers: &HeaderMap) -> Self {
         let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let accepts_graphql_response = accept.split(',').any(|entry| {
+        let (mut modern, mut legacy) = (0.0_f32, 0.0_f32);
+        for entry in accept.split(',') {
             let mut params = entry.split(';').map(str::trim);
-            let media = params.next().unwrap_or("");
-            let refused = params.any(|p| p.replace(' ', "").starts_with("q=0") && !p.contains("q=0."));
-            media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON) && !refused
-        });
-        if accepts_graphql_response { Self::GraphqlResponse } else { Self::Json }
+            let media = params.next().unwrap_or("").to_ascii_lowercase();
+            let quality = params
+                .find_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+                .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+            match media.as_str() {
+                GRAPHQL_RESPONSE_JSON => modern = modern.max(quality),
+                APPLICATION_JSON | "application/*" | "*/*" => legacy = legacy.max(quality),
+                _ => {}
+            }
+        }
+        if modern > 0.0 && modern >= legacy { Self::GraphqlResponse } else { Self::Json }
     }
 
     fn content_type(self) -> HeaderValue {
@@ -127,7 +136,12 @@ fn single_response(media: Media, response: &Response) -> HttpResponse {
         Media::GraphqlResponse if is_request_error(response) => request_error_status(response),
         _ => StatusCode::OK,
     };
-    json_response(status, media, &wire(response))
+    let mut http = json_response(status, media, &wire(response));
+    if status == StatusCode::UNAUTHORIZED {
+        http.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+    }
+    http
 }
 
 fn request_error_status(response: &Response) -> StatusCode {
@@ -196,15 +210,37 @@ async fn execute(state: &HttpState, request: Request, caller: &Caller) -> Respon
     }
 }
 
+/// `application/json` (or the GraphQL response type), in UTF-8: the only
+/// charset JSON may use.
 fn is_json_content_type(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| {
-            let media = media.trim();
-            media.eq_ignore_ascii_case(APPLICATION_JSON) || media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON)
-        })
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let mut parts = value.split(';').map(str::trim);
+    let media = parts.next().unwrap_or("");
+    let json =
+        media.eq_ignore_ascii_case(APPLICATION_JSON) || media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON);
+    let utf8 = parts.all(|param| match param.split_once('=') {
+        Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {
+            charset.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        }
+        _ => true,
+    });
+    json && utf8
+}
+
+/// A body is a request (or a batch of them) only if each one has a `query`:
+/// async-graphql would take a missing one for an empty document.
+fn parse_body(body: &[u8]) -> Result<BatchRequest, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("The body is not JSON: {e}"))?;
+    let has_query = |v: &serde_json::Value| v.get("query").is_some_and(serde_json::Value::is_string);
+    let well_formed = match &value {
+        serde_json::Value::Array(items) => items.iter().all(has_query),
+        single => has_query(single),
+    };
+    if !well_formed {
+        return Err("Every request needs a \"query\" string".into());
+    }
+    serde_json::from_value(value).map_err(|e| format!("The body is not a GraphQL request: {e}"))
 }
 
 /// `POST /graphql` with a JSON body: one request or a batch (an array).
@@ -225,16 +261,9 @@ pub async fn post(
             "Send the request as application/json",
         );
     }
-    let batch: BatchRequest = match serde_json::from_slice(&body) {
+    let batch = match parse_body(&body) {
         Ok(batch) => batch,
-        Err(error) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                media,
-                "BAD_REQUEST",
-                format!("The body is not a GraphQL request: {error}"),
-            );
-        }
+        Err(message) => return reject(StatusCode::BAD_REQUEST, media, "BAD_REQUEST", message),
     };
     let user = match authenticate(&state, &headers).await {
         Ok(user) => user,

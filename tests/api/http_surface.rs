@@ -14,6 +14,7 @@ backend_tests!(
     cors_allows_only_configured_origins,
     oversized_bodies_are_refused,
     limits_admit_real_queries_and_refuse_abusive_ones,
+    malformed_requests_are_request_errors,
 );
 
 async fn get_runs_queries_and_refuses_mutations(app: TestApp) {
@@ -224,4 +225,52 @@ async fn limits_admit_real_queries_and_refuse_abusive_ones(app: TestApp) {
     let aliases: String = (0..8).map(|i| format!("p{i}: todos(first: 100) {{ nodes {{ id title description completed createdAt updatedAt }} }} ")).collect();
     let response = app.gql(Some(&user.token), &format!("{{ {aliases} }}"), json!({})).await;
     response.expect_code("GRAPHQL_VALIDATION_FAILED");
+}
+
+async fn malformed_requests_are_request_errors(app: TestApp) {
+    for accept in ["application/json", "application/graphql-response+json"] {
+        for body in [json!({"qeury": "{ __typename }"}), json!({}), json!([{"query": "{ __typename }"}, {}])]
+        {
+            let (status, _, response) = post(&app, accept, body.clone()).await;
+            assert_eq!(status, 400, "{accept} {body}");
+            assert_eq!(response["errors"][0]["extensions"]["code"], "BAD_REQUEST");
+        }
+    }
+    // Two operations and no operationName: the client's mistake, said plainly.
+    let (status, _, response) = post(
+        &app,
+        "application/graphql-response+json",
+        json!({"query": "query A { __typename } query B { __typename }"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(response["errors"][0]["extensions"]["code"], "BAD_REQUEST", "{response}");
+    assert!(response["errors"][0]["message"].as_str().is_some_and(|m| m.contains("Operation name")));
+    // JSON is UTF-8: another charset is not executed.
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json; charset=iso-8859-1")
+        .body(r#"{"query":"{ __typename }"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 415);
+    // A 401 says how to authenticate.
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("accept", "application/graphql-response+json")
+        .bearer_auth("not-a-token")
+        .json(&json!({"query": "{ me { id } }"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 401);
+    assert!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer"))
+    );
 }
