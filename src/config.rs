@@ -119,6 +119,18 @@ pub struct ConfigArgs {
     /// behind a proxy that sets it).
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value = "false", global = true)]
     pub trust_forwarded_for: String,
+    /// Maximum lexical tokens in a document.
+    #[arg(long, env = "MAX_QUERY_TOKENS", default_value = "10000", global = true)]
+    pub max_query_tokens: String,
+    /// Maximum aliases in a document.
+    #[arg(long, env = "MAX_QUERY_ALIASES", default_value = "30", global = true)]
+    pub max_query_aliases: String,
+    /// Maximum directives in a document.
+    #[arg(long, env = "MAX_QUERY_DIRECTIVES", default_value = "50", global = true)]
+    pub max_query_directives: String,
+    /// Whether validation errors suggest field names ("did you mean").
+    #[arg(long, env = "SUGGESTIONS", default_value = "true", global = true)]
+    pub suggestions: String,
     /// Whether schema introspection is allowed.
     #[arg(long, env = "INTROSPECTION", default_value = "true", global = true)]
     pub introspection: String,
@@ -200,6 +212,10 @@ pub enum CorsOrigins {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_depth: usize,
+    pub max_tokens: usize,
+    pub max_aliases: usize,
+    pub max_directives: usize,
+    pub suggestions: bool,
     pub max_complexity: usize,
     pub max_batch_size: usize,
     pub max_body_bytes: usize,
@@ -332,6 +348,10 @@ impl Config {
 
         let limits = Limits {
             max_depth: parse_number("MAX_QUERY_DEPTH", &args.max_query_depth)?,
+            max_tokens: parse_number("MAX_QUERY_TOKENS", &args.max_query_tokens)?,
+            max_aliases: parse_number("MAX_QUERY_ALIASES", &args.max_query_aliases)?,
+            max_directives: parse_number("MAX_QUERY_DIRECTIVES", &args.max_query_directives)?,
+            suggestions: parse_bool("SUGGESTIONS", &args.suggestions)?,
             max_complexity: parse_number("MAX_QUERY_COMPLEXITY", &args.max_query_complexity)?,
             max_batch_size: parse_number("MAX_BATCH_SIZE", &args.max_batch_size)?,
             max_body_bytes: parse_number("MAX_BODY_BYTES", &args.max_body_bytes)?,

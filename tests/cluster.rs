@@ -68,7 +68,11 @@ async fn post(addr: SocketAddr, token: Option<&str>, query: &str, variables: Val
         request = request.bearer_auth(token);
     }
     match request.send().await {
-        Ok(response) => response.json().await.unwrap_or(Value::Null),
+        Ok(response) => {
+            let body = response.text().await.unwrap_or_default();
+            ws::assert_no_leak(&body);
+            serde_json::from_str(&body).unwrap_or(Value::Null)
+        }
         Err(_) => Value::Null,
     }
 }

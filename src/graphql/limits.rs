@@ -1,35 +1,47 @@
-//! Document limits checked right after parsing, before any resolver runs.
+//! Document limits checked before any resolver runs.
 //!
-//! async-graphql's own depth limit counts introspection fields, and the
-//! standard introspection query that GraphiQL and code generators send is
-//! deeper than any real todoql query (its `ofType` chain). Like
-//! graphql-depth-limit's usual configuration, depth here ignores `__` fields.
+//! async-graphql limits depth and complexity but not the number of tokens,
+//! aliases or directives in a document. Tokens are counted before parsing,
+//! so a huge document costs a scan, not a parse; the rest right after.
+//!
+//! Depth here ignores `__` fields (as graphql-depth-limit is usually set
+//! up): the standard introspection query that GraphiQL and code generators
+//! send is deeper (its `ofType` chain) than any real todoql query.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{Name, ServerError, ServerResult, Variables};
+use async_graphql::{Name, Positioned, ServerError, ServerResult, Variables};
 
 use super::errors::GRAPHQL_VALIDATION_FAILED;
 
-pub struct DepthLimit {
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentLimits {
     pub max_depth: usize,
+    pub max_tokens: usize,
+    pub max_aliases: usize,
+    pub max_directives: usize,
+    /// When false, documents asking for `__schema` or `__type` are refused
+    /// (async-graphql alone would answer them with null).
+    pub introspection: bool,
 }
 
-impl ExtensionFactory for DepthLimit {
+impl ExtensionFactory for DocumentLimits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(DepthLimitExtension { max_depth: self.max_depth })
+        Arc::new(*self)
     }
 }
 
-struct DepthLimitExtension {
-    max_depth: usize,
+fn refuse(message: String) -> ServerError {
+    let mut error = ServerError::new(message, None);
+    error.extensions.get_or_insert_with(Default::default).set("code", GRAPHQL_VALIDATION_FAILED);
+    error
 }
 
 #[async_trait::async_trait]
-impl Extension for DepthLimitExtension {
+impl Extension for DocumentLimits {
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -37,18 +49,121 @@ impl Extension for DepthLimitExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
+        if count_tokens(query, self.max_tokens + 1) > self.max_tokens {
+            return Err(refuse(format!("The document has more than {} tokens", self.max_tokens)));
+        }
         let document = next.run(ctx, query, variables).await?;
         let depth = document_depth(&document);
         if depth > self.max_depth {
-            let mut error = ServerError::new(
-                format!("The query is nested {depth} levels deep; the limit is {}", self.max_depth),
-                None,
-            );
-            error.extensions.get_or_insert_with(Default::default).set("code", GRAPHQL_VALIDATION_FAILED);
-            return Err(error);
+            return Err(refuse(format!(
+                "The query is nested {depth} levels deep; the limit is {}",
+                self.max_depth
+            )));
+        }
+        let (aliases, directives, introspects) = count_aliases_and_directives(&document);
+        if introspects && !self.introspection {
+            return Err(refuse("Introspection is disabled on this server".to_owned()));
+        }
+        if aliases > self.max_aliases {
+            return Err(refuse(format!(
+                "The document has {aliases} aliases; the limit is {}",
+                self.max_aliases
+            )));
+        }
+        if directives > self.max_directives {
+            return Err(refuse(format!(
+                "The document has {directives} directives; the limit is {}",
+                self.max_directives
+            )));
         }
         Ok(document)
     }
+}
+
+/// Counts GraphQL lexical tokens, stopping at `stop`. Commas, white space and
+/// comments are not tokens; a string (block strings included) is one.
+pub fn count_tokens(source: &str, stop: usize) -> usize {
+    let bytes = source.as_bytes();
+    let (mut i, mut tokens) = (0, 0);
+    while i < bytes.len() && tokens < stop {
+        let byte = bytes[i];
+        match byte {
+            b' ' | b'\t' | b'\n' | b'\r' | b',' => i += 1,
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
+                    i += if bytes[i..].starts_with(b"\\\"\"\"") { 4 } else { 1 };
+                }
+                i += 3;
+                tokens += 1;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                tokens += 1;
+            }
+            b'.' if bytes[i..].starts_with(b"...") => {
+                i += 3;
+                tokens += 1;
+            }
+            b'_' | b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' => {
+                i += 1;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'_' | b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                tokens += 1;
+            }
+            _ => {
+                i += 1;
+                tokens += 1;
+            }
+        }
+    }
+    tokens
+}
+
+/// Aliases and directives written anywhere in the document, and whether it
+/// asks for `__schema` or `__type`.
+fn count_aliases_and_directives(document: &ExecutableDocument) -> (usize, usize, bool) {
+    fn walk(set: &SelectionSet, counts: &mut (usize, usize, bool)) {
+        for selection in &set.items {
+            match &selection.node {
+                Selection::Field(field) => {
+                    let name = field.node.name.node.as_str();
+                    counts.2 |= name == "__schema" || name == "__type";
+                    counts.0 += usize::from(field.node.alias.is_some());
+                    counts.1 += field.node.directives.len();
+                    walk(&field.node.selection_set.node, counts);
+                }
+                Selection::InlineFragment(fragment) => {
+                    counts.1 += fragment.node.directives.len();
+                    walk(&fragment.node.selection_set.node, counts);
+                }
+                Selection::FragmentSpread(spread) => counts.1 += spread.node.directives.len(),
+            }
+        }
+    }
+    let mut counts = (0, 0, false);
+    for (_, operation) in document.operations.iter() {
+        counts.1 += operation.node.directives.len();
+        walk(&operation.node.selection_set.node, &mut counts);
+    }
+    for fragment in document.fragments.values() {
+        let fragment: &Positioned<_> = fragment;
+        counts.1 += fragment.node.directives.len();
+        walk(&fragment.node.selection_set.node, &mut counts);
+    }
+    counts
 }
 
 /// The deepest chain of non-introspection fields in any operation.
@@ -106,6 +221,26 @@ mod tests {
 
     fn depth(query: &str) -> usize {
         document_depth(&async_graphql::parser::parse_query(query).expect("parses"))
+    }
+
+    #[test]
+    fn counts_tokens_aliases_and_directives() {
+        assert_eq!(count_tokens("{ me { id } }", 100), 6);
+        assert_eq!(count_tokens("query($a: Int = -12.5e3) { x(s: \"a b, c\") # comment\n }", 100), 17);
+        assert_eq!(count_tokens("{ ...F } \"\"\"block \\\"\"\" string\"\"\"", 100), 5);
+        assert_eq!(count_tokens(&"{ a ".repeat(1000), 50), 50, "stops counting");
+        count_tokens("\"unterminated", 10);
+        count_tokens("\"\"\"", 10);
+        let document = async_graphql::parser::parse_query(
+            "query Q @a { x: me @b { id } ...F ... on Query @c { y: me { id } } } fragment F on Query @d { z: me { id @e } }",
+        )
+        .expect("parses");
+        assert_eq!(count_aliases_and_directives(&document), (3, 5, false));
+        let document = async_graphql::parser::parse_query(
+            "{ ...F } fragment F on Query { __type(name: \"Todo\") { name } }",
+        )
+        .expect("parses");
+        assert!(count_aliases_and_directives(&document).2);
     }
 
     #[test]

@@ -33,10 +33,19 @@ pub fn schema(app: Arc<App>, limits: &Limits) -> TodoqlSchema {
     let mut builder = builder()
         .data(app)
         .extension(errors::ErrorCodes)
-        .extension(limits::DepthLimit { max_depth: limits.max_depth })
+        .extension(limits::DocumentLimits {
+            max_depth: limits.max_depth,
+            max_tokens: limits.max_tokens,
+            max_aliases: limits.max_aliases,
+            max_directives: limits.max_directives,
+            introspection: limits.introspection,
+        })
         .limit_complexity(limits.max_complexity);
     if !limits.introspection {
         builder = builder.disable_introspection();
+    }
+    if !limits.suggestions {
+        builder = builder.disable_suggestions();
     }
     builder.finish()
 }

@@ -131,6 +131,7 @@ impl TestApp {
         }
         let response = request.send().await.expect("request sent");
         let body = response.text().await.expect("body");
+        crate::ws::assert_no_leak(&body);
         Gql(serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}")))
     }
 

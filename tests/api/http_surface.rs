@@ -221,6 +221,31 @@ async fn limits_admit_real_queries_and_refuse_abusive_ones(app: TestApp) {
     let response = app.gql(Some(&user.token), &too_deep, json!({})).await;
     response.expect_code("GRAPHQL_VALIDATION_FAILED");
     assert!(response.message().is_some_and(|m| m.contains("13 levels deep")), "{}", response.0);
+    // 100 aliased logins: refused whole, before any password is tried.
+    let fields: String = (0..100)
+        .map(|i| {
+            format!("a{i}: login(input: {{email: \"{}\", password: \"guess {i}\"}}) {{ token }} ", user.email)
+        })
+        .collect();
+    let response = app.gql(None, &format!("mutation {{ {fields} }}"), json!({})).await;
+    response.expect_code("GRAPHQL_VALIDATION_FAILED");
+    assert!(response.message().is_some_and(|m| m.contains("aliases")), "{}", response.0);
+    assert!(response.0.get("data").is_none());
+    app.gql(
+        None,
+        "mutation($e: String!) { login(input: {email: $e, password: \"correct horse battery\"}) { token } }",
+        json!({"e": user.email}),
+    )
+    .await
+    .ok();
+    // Too many tokens, too many directives.
+    let huge = format!("{{ {} }}", "__typename ".repeat(10_001));
+    let response = app.gql(None, &huge, json!({})).await;
+    response.expect_code("GRAPHQL_VALIDATION_FAILED");
+    assert!(response.message().is_some_and(|m| m.contains("tokens")));
+    let directives = format!("{{ __typename {} }}", "@include(if: true) ".repeat(51));
+    let response = app.gql(None, &directives, json!({})).await;
+    response.expect_code("GRAPHQL_VALIDATION_FAILED");
     // Too complex: many aliased full pages.
     let aliases: String = (0..8).map(|i| format!("p{i}: todos(first: 100) {{ nodes {{ id title description completed createdAt updatedAt }} }} ")).collect();
     let response = app.gql(Some(&user.token), &format!("{{ {aliases} }}"), json!({})).await;
@@ -273,4 +298,26 @@ async fn malformed_requests_are_request_errors(app: TestApp) {
             .get("www-authenticate")
             .is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_and_suggestions_can_be_turned_off() {
+    let Some(app) = TestApp::spawn_with(crate::helpers::Backend::Sqlite, |config| {
+        config.limits.introspection = false;
+        config.limits.suggestions = false;
+    })
+    .await
+    else {
+        return;
+    };
+    app.gql(None, "{ __schema { queryType { name } } }", json!({}))
+        .await
+        .expect_code("GRAPHQL_VALIDATION_FAILED");
+    let typo = app.gql(None, "{ todoss { totalCount } }", json!({})).await;
+    typo.expect_code("GRAPHQL_VALIDATION_FAILED");
+    assert!(!typo.0.to_string().contains("Did you mean"), "{}", typo.0);
+    // On by default.
+    let Some(default) = TestApp::spawn(crate::helpers::Backend::Sqlite).await else { return };
+    let typo = default.gql(None, "{ todoss { totalCount } }", json!({})).await;
+    assert!(typo.0.to_string().contains("Did you mean"), "{}", typo.0);
 }

@@ -74,6 +74,7 @@ impl WsClient {
                     return Some(Incoming::Closed(frame.map_or(1005, |f| u16::from(f.code))));
                 }
                 Some(Ok(Message::Text(text))) => {
+                    assert_no_leak(&text);
                     let message: Value = serde_json::from_str(&text).expect("JSON message");
                     if message["type"] == "ping" {
                         self.send(json!({"type": "pong"})).await;
@@ -116,3 +117,34 @@ impl WsClient {
 
 pub const TODO_EVENTS: &str =
     "subscription { todoEvents { kind todoId todo { id title description completed } } }";
+
+/// What no response may ever contain: password hashes, SQL, driver names,
+/// panics. Every GraphQL response the suite reads goes through this.
+pub fn assert_no_leak(body: &str) {
+    const FORBIDDEN: &[&str] = &[
+        "$2b$",
+        "$2a$",
+        "$2y$",
+        "SELECT ",
+        "INSERT ",
+        "UPDATE ",
+        "DELETE FROM",
+        "syntax error",
+        "violates",
+        "constraint",
+        "diesel",
+        "sqlite",
+        "SQLite",
+        "postgres",
+        "Postgres",
+        "tokio_postgres",
+        "bb8::",
+        "timed out waiting for connection",
+        "panicked",
+        "RUST_BACKTRACE",
+        "password_hash",
+    ];
+    for needle in FORBIDDEN {
+        assert!(!body.contains(needle), "a response leaks {needle:?}: {body}");
+    }
+}
