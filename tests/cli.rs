@@ -182,3 +182,120 @@ fn serves_from_dot_env_on_port_0_and_keeps_its_generated_key() {
     assert!(dir.path().join("other.db").exists());
     assert_eq!(terminate(&mut third).code(), Some(0));
 }
+
+fn wait_exit(running: &mut Running) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = running.child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A slow request: bcrypt at a high cost (with a warning-free cost, too).
+    let mut running = serve(dir.path(), &["--listen-addr", "127.0.0.1:0", "--bcrypt-cost", "13"]);
+    let addr = running.addr.clone();
+    let in_flight = std::thread::spawn(move || {
+        let started = Instant::now();
+        let response = post(
+            &addr,
+            None,
+            "mutation { signup(input: {email: \"slow@example.com\", password: \"password1\"}) { user { email } } }",
+            json!({}),
+        );
+        (response, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let pid = i32::try_from(running.child.id()).expect("pid");
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // New connections are refused while the old request is still running.
+    let refused =
+        std::net::TcpStream::connect_timeout(&running.addr.parse().expect("addr"), Duration::from_secs(1));
+    let (response, took) = in_flight.join().expect("request thread");
+    assert!(refused.is_err(), "a new connection was accepted during shutdown");
+    assert_eq!(response["data"]["signup"]["user"]["email"], "slow@example.com", "{response}");
+    assert!(
+        took > Duration::from_millis(250),
+        "the request was not in flight long enough to prove anything: {took:?}"
+    );
+    assert_eq!(wait_exit(&mut running).code(), Some(0));
+}
+
+#[test]
+fn a_crash_mid_mutation_leaves_no_half_written_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--listen-addr", "127.0.0.1:0", "--bcrypt-cost", "4", "--database-url", "sqlite://crash.db"];
+    let mut running = serve(dir.path(), &args);
+    let signup = post(
+        &running.addr,
+        None,
+        "mutation { signup(input: {email: \"crash@example.com\", password: \"password1\"}) { token } }",
+        json!({}),
+    );
+    let token = signup["data"]["signup"]["token"].as_str().expect("token").to_owned();
+    let batch: Vec<Value> = (0..10)
+        .map(|i| json!({"query": format!("mutation {{ createTodo(input: {{title: \"t{i}\"}}) {{ id }} }}")}))
+        .collect();
+    for _ in 0..30 {
+        // 300 todos, ten per request.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            reqwest::Client::new()
+                .post(format!("http://{}/graphql", running.addr))
+                .bearer_auth(&token)
+                .json(&batch)
+                .send()
+                .await
+                .expect("sent");
+        });
+    }
+    // Flip every todo back and forth, and kill the server in the middle.
+    let addr = running.addr.clone();
+    let flip_token = token.clone();
+    let flipper = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let client = reqwest::Client::new();
+            for i in 0..1000 {
+                let body = json!({
+                    "query": "mutation($c: Boolean!) { setAllTodosCompleted(completed: $c) }",
+                    "variables": {"c": i % 2 == 0},
+                });
+                let sent = client
+                    .post(format!("http://{addr}/graphql"))
+                    .bearer_auth(&flip_token)
+                    .json(&body)
+                    .send()
+                    .await;
+                if sent.is_err() {
+                    break; // the server is gone
+                }
+            }
+        });
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    running.child.kill().expect("SIGKILL");
+    let _ = running.child.wait();
+    let _ = flipper.join();
+
+    let restarted = serve(dir.path(), &args);
+    let counts = post(
+        &restarted.addr,
+        Some(&token),
+        "{ done: todos(filter: {completed: true}) { totalCount } open: todos(filter: {completed: false}) { totalCount } }",
+        json!({}),
+    );
+    let (done, open) =
+        (counts["data"]["done"]["totalCount"].as_i64(), counts["data"]["open"]["totalCount"].as_i64());
+    assert_eq!(done.unwrap_or(0) + open.unwrap_or(0), 300, "{counts}");
+    assert!(done == Some(0) || open == Some(0), "a setAllTodosCompleted was half applied: {counts}");
+}
