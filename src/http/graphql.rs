@@ -14,6 +14,7 @@ use axum::body::{Body, Bytes};
 use std::net::{IpAddr, SocketAddr};
 
 use axum::Extension;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use serde::Serialize;
@@ -248,9 +249,18 @@ pub async fn post(
     State(state): State<HttpState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> HttpResponse {
     let media = Media::negotiate(&headers);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let limit = state.app.config.limits.max_body_bytes;
+            let message = format!("The request body is larger than {limit} bytes");
+            return reject(StatusCode::PAYLOAD_TOO_LARGE, media, "PAYLOAD_TOO_LARGE", message);
+        }
+        Err(rejection) => return reject(rejection.status(), media, "BAD_REQUEST", rejection.body_text()),
+    };
     // Only JSON is executed: a form or text/plain POST is what a cross-site
     // page can send without a CORS preflight.
     if !is_json_content_type(&headers) {

@@ -187,6 +187,8 @@ async fn oversized_bodies_are_refused(app: TestApp) {
         .await
         .expect("sent");
     assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.expect("a JSON error");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE");
     let response = app
         .client
         .post(app.url("/graphql"))
@@ -320,4 +322,26 @@ async fn introspection_and_suggestions_can_be_turned_off() {
     let Some(default) = TestApp::spawn(crate::helpers::Backend::Sqlite).await else { return };
     let typo = default.gql(None, "{ todoss { totalCount } }", json!({})).await;
     assert!(typo.0.to_string().contains("Did you mean"), "{}", typo.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_timeout_are_cut_off() {
+    for backend in [crate::helpers::Backend::Sqlite, crate::helpers::Backend::Postgres] {
+        let Some(app) = TestApp::spawn_with(backend, |config| {
+            config.limits.request_timeout = std::time::Duration::from_millis(100);
+            config.bcrypt_cost = 14;
+        })
+        .await
+        else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        let response = app
+            .gql(None, "mutation { signup(input: {email: \"slow@example.com\", password: \"password1\"}) { token } }", json!({}))
+            .await;
+        response.expect_code("TIMEOUT");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        // Nothing was half-created: the account does not exist.
+        assert_eq!(app.count_rows("SELECT count(*) FROM users").await, 0);
+    }
 }

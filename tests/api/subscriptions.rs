@@ -21,6 +21,30 @@ backend_tests!(
 
 async fn connections_without_a_valid_token_are_refused(app: TestApp) {
     let account = app.signup("ws@example.com").await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = |exp: i64, ver: i32| json!({"sub": account.id, "email": account.email, "iat": now - 10, "exp": exp, "ver": ver});
+    let sign = |alg: Algorithm, claims: &Value, key: &[u8]| {
+        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key)).expect("token")
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let forged = [
+        sign(Algorithm::HS256, &claims(now - 1, 0), JWT_SECRET.as_bytes()),
+        sign(Algorithm::HS512, &claims(now + 600, 0), JWT_SECRET.as_bytes()),
+        sign(Algorithm::HS256, &claims(now + 600, 0), b"some other key that is long enough"),
+        sign(Algorithm::HS256, &claims(now + 600, -1), JWT_SECRET.as_bytes()),
+        format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(claims(now + 600, 0).to_string())
+        ),
+    ];
+    for token in &forged {
+        match WsClient::connect(app.addr, json!({"Authorization": format!("Bearer {token}")})).await {
+            Err(code) => assert_eq!(code, 4403),
+            Ok(_) => panic!("forged token {token} was accepted"),
+        }
+    }
     for payload in [
         json!({}),
         json!({"Authorization": "Bearer "}),
