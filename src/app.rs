@@ -29,6 +29,7 @@ pub struct App {
     /// Set to true once on shutdown; WebSocket connections and the event
     /// listener watch it.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    pub metrics: crate::http::metrics::Metrics,
 }
 
 /// A bound, ready server. Binding happens in [`Server::build`], so the port
@@ -59,7 +60,13 @@ impl Server {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .map_err(|e| AppError::Internal(format!("cannot listen on {}: {e}", config.listen_addr)))?;
-        let app = Arc::new(App { config, db, auth, shutdown: tokio::sync::watch::Sender::new(false) });
+        let app = Arc::new(App {
+            config,
+            db,
+            auth,
+            shutdown: tokio::sync::watch::Sender::new(false),
+            metrics: Default::default(),
+        });
         if let DatabaseUrl::Postgres(url) = &app.config.database_url {
             // One LISTEN connection per instance fans every instance's
             // writes out to this instance's subscribers.

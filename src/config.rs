@@ -131,6 +131,9 @@ pub struct ConfigArgs {
     /// Whether validation errors suggest field names ("did you mean").
     #[arg(long, env = "SUGGESTIONS", default_value = "true", global = true)]
     pub suggestions: String,
+    /// Operations slower than this are logged at warn.
+    #[arg(long, env = "SLOW_REQUEST_THRESHOLD", default_value = "1s", global = true)]
+    pub slow_request_threshold: String,
     /// Whether schema introspection is allowed.
     #[arg(long, env = "INTROSPECTION", default_value = "true", global = true)]
     pub introspection: String,
@@ -240,6 +243,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub login_limits: crate::auth::rate_limit::LoginLimits,
     pub trust_forwarded_for: bool,
+    pub slow_request_threshold: Duration,
     pub dev: bool,
     pub limits: Limits,
 }
@@ -393,6 +397,7 @@ impl Config {
                 window: parse_duration("LOGIN_WINDOW", &args.login_window)?,
             },
             trust_forwarded_for: parse_bool("TRUST_FORWARDED_FOR", &args.trust_forwarded_for)?,
+            slow_request_threshold: parse_duration("SLOW_REQUEST_THRESHOLD", &args.slow_request_threshold)?,
             dev: args.dev,
             limits,
         })

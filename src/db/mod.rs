@@ -45,6 +45,8 @@ pub struct Db {
     pub pools: Pools,
     /// Where committed writes announce their changes (see `events`).
     pub hub: Arc<Hub>,
+    /// Each pool's name and configured size, for metrics.
+    pub pool_sizes: Vec<(&'static str, u32)>,
 }
 
 #[derive(Clone)]
@@ -157,7 +159,18 @@ impl Db {
         // SQLite's hub is live from the start; PostgreSQL's once its listener is.
         let live = matches!(pools, Pools::Sqlite { .. });
         let hub = Arc::new(Hub::new(config.subscriptions_per_user, config.subscriptions_per_instance, live));
-        Ok(Self { pools, hub })
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+        let pool_sizes = match &pools {
+            Pools::Postgres(_) => vec![("postgres", config.database_pool_size.unwrap_or(2 * cores))],
+            Pools::Sqlite { .. } => vec![
+                ("sqlite_writer", 1),
+                (
+                    "sqlite_readers",
+                    config.database_pool_size.map_or(2 * cores, |n| n.saturating_sub(1).max(1)),
+                ),
+            ],
+        };
+        Ok(Self { pools, hub, pool_sizes })
     }
 
     pub fn backend_name(&self) -> &'static str {

@@ -30,8 +30,20 @@ pub struct DocumentLimits {
 
 impl ExtensionFactory for DocumentLimits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(*self)
+        Arc::new(DocumentLimitsExtension { limits: *self, operation: std::sync::Mutex::new(None) })
     }
+}
+
+/// The response header (never sent: async-graphql's `http_headers` are for
+/// the transport to use) that carries the executed operation's name to the
+/// HTTP layer's logs and metrics, even when the client sent no
+/// `operationName`.
+pub const OPERATION_NAME_HEADER: &str = "x-todoql-operation";
+
+struct DocumentLimitsExtension {
+    limits: DocumentLimits,
+    /// The name of the document's single named operation, if any.
+    operation: std::sync::Mutex<Option<String>>,
 }
 
 fn refuse(message: String) -> ServerError {
@@ -41,7 +53,20 @@ fn refuse(message: String) -> ServerError {
 }
 
 #[async_trait::async_trait]
-impl Extension for DocumentLimits {
+impl Extension for DocumentLimitsExtension {
+    async fn request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: async_graphql::extensions::NextRequest<'_>,
+    ) -> async_graphql::Response {
+        let mut response = next.run(ctx).await;
+        let name = self.operation.lock().ok().and_then(|mut name| name.take());
+        if let Some(value) = name.and_then(|n| ::http::HeaderValue::from_str(&n).ok()) {
+            response.http_headers.insert(OPERATION_NAME_HEADER, value);
+        }
+        response
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -49,31 +74,40 @@ impl Extension for DocumentLimits {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        if count_tokens(query, self.max_tokens + 1) > self.max_tokens {
-            return Err(refuse(format!("The document has more than {} tokens", self.max_tokens)));
+        let limits = &self.limits;
+        if count_tokens(query, limits.max_tokens + 1) > limits.max_tokens {
+            return Err(refuse(format!("The document has more than {} tokens", limits.max_tokens)));
         }
         let document = next.run(ctx, query, variables).await?;
+        if let (Ok(mut slot), async_graphql::parser::types::DocumentOperations::Multiple(named)) =
+            (self.operation.lock(), &document.operations)
+        {
+            // Named operations: with just one, its name is the operation's.
+            if named.len() == 1 {
+                *slot = named.keys().next().map(|name| name.to_string());
+            }
+        }
         let depth = document_depth(&document);
-        if depth > self.max_depth {
+        if depth > limits.max_depth {
             return Err(refuse(format!(
                 "The query is nested {depth} levels deep; the limit is {}",
-                self.max_depth
+                limits.max_depth
             )));
         }
         let (aliases, directives, introspects) = count_aliases_and_directives(&document);
-        if introspects && !self.introspection {
+        if introspects && !limits.introspection {
             return Err(refuse("Introspection is disabled on this server".to_owned()));
         }
-        if aliases > self.max_aliases {
+        if aliases > limits.max_aliases {
             return Err(refuse(format!(
                 "The document has {aliases} aliases; the limit is {}",
-                self.max_aliases
+                limits.max_aliases
             )));
         }
-        if directives > self.max_directives {
+        if directives > limits.max_directives {
             return Err(refuse(format!(
                 "The document has {directives} directives; the limit is {}",
-                self.max_directives
+                limits.max_directives
             )));
         }
         Ok(document)

@@ -174,10 +174,16 @@ async fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Option<U
     }
 }
 
-/// Who is asking: the signed-in user, if any, and the client address.
+/// Who is asking: the signed-in user, if any, the client address, and the
+/// request id (for logs and internal errors).
 struct Caller {
     user: Option<User>,
     address: Option<ClientAddr>,
+    request_id: Option<String>,
+}
+
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 /// The client address: the TCP peer, or (only when configured, behind a
@@ -204,11 +210,56 @@ async fn execute(state: &HttpState, request: Request, caller: &Caller) -> Respon
     if let Some(address) = caller.address {
         request = request.data(address);
     }
+    let mut operation = request.operation_name.clone();
+    let started = std::time::Instant::now();
     let timeout = state.app.config.limits.request_timeout;
-    match tokio::time::timeout(timeout, state.schema.execute(request)).await {
+    let mut response = match tokio::time::timeout(timeout, state.schema.execute(request)).await {
         Ok(response) => response,
         Err(_) => request_error("TIMEOUT", format!("The request took longer than {} s", timeout.as_secs())),
+    };
+    let elapsed = started.elapsed();
+    if let Some(name) = response.http_headers.remove(crate::graphql::limits::OPERATION_NAME_HEADER) {
+        operation = operation.or_else(|| name.to_str().ok().map(str::to_owned));
     }
+    let code_of = |error: &ServerError| match error.extensions.as_ref().and_then(|e| e.get("code")) {
+        Some(Value::String(code)) => code.clone(),
+        _ => "INTERNAL_SERVER_ERROR".to_owned(),
+    };
+    let outcome = response.errors.first().map_or_else(|| "ok".to_owned(), code_of);
+    let refused = response.errors.iter().filter(|e| code_of(e) == "RATE_LIMITED").count();
+    let metrics = &state.app.metrics;
+    metrics.logins_refused.fetch_add(refused as u64, std::sync::atomic::Ordering::Relaxed);
+    metrics.record(operation.as_deref(), &outcome, elapsed);
+    // An internal error's detail is only in the log: the request id lets a
+    // user's report be matched with it.
+    if let Some(id) = &caller.request_id {
+        for error in &mut response.errors {
+            if code_of(error) == "INTERNAL_SERVER_ERROR" {
+                error.extensions.get_or_insert_with(Default::default).set("requestId", id.as_str());
+            }
+        }
+    }
+    let user_id = caller.user.as_ref().map(|u| u.id.0.to_string());
+    let slow = elapsed >= state.app.config.slow_request_threshold;
+    macro_rules! log {
+        ($level:ident) => {
+            tracing::$level!(
+                request_id = caller.request_id.as_deref().unwrap_or("-"),
+                operation = operation.as_deref().unwrap_or("-"),
+                user_id = user_id.as_deref().unwrap_or("-"),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                outcome = outcome.as_str(),
+                "graphql operation{}",
+                if slow { " (slow)" } else { "" }
+            )
+        };
+    }
+    if slow || outcome == "INTERNAL_SERVER_ERROR" {
+        log!(warn)
+    } else {
+        log!(info)
+    }
+    response
 }
 
 /// `application/json` (or the GraphQL response type), in UTF-8: the only
@@ -288,8 +339,11 @@ pub async fn post(
             };
         }
     };
-    let caller =
-        Caller { user, address: client_addr(&state, &headers, peer.map(|Extension(ConnectInfo(a))| a)) };
+    let caller = Caller {
+        user,
+        address: client_addr(&state, &headers, peer.map(|Extension(ConnectInfo(a))| a)),
+        request_id: request_id(&headers),
+    };
     match batch {
         BatchRequest::Single(request) => single_response(media, &execute(&state, request, &caller).await),
         BatchRequest::Batch(requests) => {
@@ -360,6 +414,7 @@ pub async fn get(
     let caller = Caller {
         user,
         address: client_addr(&state, &parts.headers, peer.map(|Extension(ConnectInfo(a))| a)),
+        request_id: request_id(&parts.headers),
     };
     single_response(media, &execute(&state, request, &caller).await)
 }

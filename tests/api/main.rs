@@ -9,6 +9,7 @@ mod accounts;
 mod concurrency;
 mod http_surface;
 mod isolation;
+mod observability;
 mod pagination;
 mod rate_limit;
 mod subscriptions;
