@@ -185,4 +185,16 @@ async fn writes_on_one_instance_reach_subscribers_of_another_and_survive_a_datab
     .await;
     let payload = subscriber.next_payload("1").await;
     assert_eq!(payload["data"]["todoEvents"]["todoId"], created.as_str(), "{payload}");
+
+    // A revocation on one instance reaches the other's cache of accounts.
+    let me = post(two.addr, Some(&token), "{ me { email } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], "scale@example.com", "{me}");
+    post(one.addr, Some(&token), "mutation { logoutEverywhere }", json!({})).await;
+    let revoked_at = Instant::now();
+    eventually(Duration::from_secs(1), || async {
+        let me = post(two.addr, Some(&token), "{ me { email } }", json!({})).await;
+        (me["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED").then_some(())
+    })
+    .await;
+    eprintln!("cluster test: revocation seen by instance 2 after {:?}", revoked_at.elapsed());
 }

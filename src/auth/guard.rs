@@ -41,7 +41,17 @@ pub async fn authenticate(db: &Db, keys: &TokenKeys, token: &str) -> AppResult<U
 pub async fn authenticate_session(db: &Db, keys: &TokenKeys, token: &str) -> AppResult<(User, TokenSession)> {
     let claims: Claims = keys.verify(token)?;
     let user_id = claims.user_id().ok_or(AppError::Unauthenticated(INVALID_TOKEN))?;
-    let user = db::users::find(db, user_id).await?.ok_or(AppError::Unauthenticated(INVALID_TOKEN))?;
+    let user = match db.hub.is_live().then(|| db.hub.users.get(user_id)).flatten() {
+        Some(user) => user,
+        None => {
+            let epoch = db.hub.users.epoch();
+            let user = db::users::find(db, user_id).await?.ok_or(AppError::Unauthenticated(INVALID_TOKEN))?;
+            if db.hub.is_live() {
+                db.hub.users.insert(user.clone(), epoch);
+            }
+            user
+        }
+    };
     if user.token_version != claims.ver {
         return Err(AppError::Unauthenticated(INVALID_TOKEN));
     }

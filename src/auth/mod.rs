@@ -5,6 +5,7 @@ pub mod guard;
 pub mod password;
 pub mod rate_limit;
 pub mod token;
+pub mod user_cache;
 
 use crate::db::types::DbId;
 use crate::db::users::User;

@@ -122,16 +122,24 @@ macro_rules! write_announced {
                 #[allow(unused_imports)]
                 use $crate::db::schema::postgres::*;
                 let mut pooled = pool.get().await?;
-                pooled
+                let committed = pooled
                     .transaction(async |$conn| {
                         let announced: Result<(_, $crate::events::Notice), $crate::error::AppError> = $body;
                         let (value, notice) = announced?;
                         if !notice.is_empty() {
                             $crate::events::postgres::notify($conn, &notice).await?;
                         }
-                        Ok(value)
+                        Ok((value, notice.revoked_below.map(|_| notice.owner)))
                     })
-                    .await
+                    .await;
+                // This instance forgets a revoked account at once; the others
+                // when the notification reaches them.
+                committed.map(|(value, revoked)| {
+                    if let Some(owner) = revoked {
+                        db.hub.users.evict(owner);
+                    }
+                    value
+                })
             }
             $crate::db::Pools::Sqlite { writer, .. } => {
                 #[allow(unused_imports)]

@@ -45,11 +45,19 @@ pub struct Hub {
     /// False while the PostgreSQL listener is reconnecting: a subscription
     /// started then could silently miss events, so none is started.
     live: AtomicBool,
+    /// Accounts behind recently seen tokens; evicted here on revocation.
+    pub users: crate::auth::user_cache::UserCache,
 }
 
 impl Hub {
     pub fn new(max_per_user: usize, max_total: usize, live: bool) -> Self {
-        Self { channels: Mutex::default(), max_per_user, max_total, live: AtomicBool::new(live) }
+        Self {
+            channels: Mutex::default(),
+            max_per_user,
+            max_total,
+            live: AtomicBool::new(live),
+            users: Default::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Channels> {
@@ -83,6 +91,9 @@ impl Hub {
 
     /// Delivers a committed write's notice to its owner's subscribers.
     pub fn publish(&self, notice: &Notice) {
+        if notice.revoked_below.is_some() {
+            self.users.evict(notice.owner);
+        }
         let channels = self.lock();
         let Some(channel) = channels.by_user.get(&notice.owner) else { return };
         for change in &notice.changes {
@@ -102,6 +113,10 @@ impl Hub {
     }
 
     pub fn set_live(&self, live: bool) {
+        if !live {
+            // Revocations may be missed while the bus is down.
+            self.users.clear();
+        }
         self.live.store(live, Ordering::Release);
     }
 
