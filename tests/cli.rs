@@ -299,3 +299,56 @@ fn a_crash_mid_mutation_leaves_no_half_written_rows() {
     assert_eq!(done.unwrap_or(0) + open.unwrap_or(0), 300, "{counts}");
     assert!(done == Some(0) || open == Some(0), "a setAllTodosCompleted was half applied: {counts}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_never_carry_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = todoql(dir.path())
+        .args(["--listen-addr", "127.0.0.1:0", "--bcrypt-cost", "4", "--log-format", "json"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("a log line");
+        let found = line
+            .split("listening on http://")
+            .nth(1)
+            .map(|rest| rest.split('/').next().unwrap_or("").to_owned());
+        lines.push(line);
+        if let Some(addr) = found {
+            break addr;
+        }
+    };
+    let signup = post(
+        &addr,
+        None,
+        "mutation Join { signup(input: {email: \"logs@example.com\", password: \"secret password\"}) { token } }",
+        json!({}),
+    );
+    let token = signup["data"]["signup"]["token"].as_str().expect("token").to_owned();
+    post(&addr, Some(&token), "query Me { me { email } }", json!({}));
+    let mut running = Running { child, addr: addr.clone() };
+    assert_eq!(terminate(&mut running).code(), Some(0));
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+        lines.push(line);
+    }
+    let mut saw_operation = false;
+    for line in &lines {
+        let entry: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        saw_operation |=
+            entry["operation"] == "Me" && entry["user_id"].is_string() && entry["request_id"].is_string();
+        for secret in ["logs@example.com", "secret password", token.as_str(), "$2b$"] {
+            assert!(!line.contains(secret), "a log line carries {secret:?}: {line}");
+        }
+    }
+    assert!(saw_operation, "no operation log line with a user id and request id: {lines:#?}");
+}
