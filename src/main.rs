@@ -5,8 +5,19 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use todoql::{Cli, Command, Config, Server};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Parsers and resolvers recurse; a larger stack than tokio's 2 MiB is a
+    // margin on top of the document limits.
+    match tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(8 << 20).build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("todoql: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     // `.env` fills in what the environment does not set; flags win over both.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();

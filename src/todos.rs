@@ -25,8 +25,18 @@ pub struct Todo {
     pub updated_at: DbTime,
 }
 
+/// PostgreSQL text cannot hold U+0000 and SQLite's can: refusing it here
+/// keeps both backends answering alike.
+fn refuse_nul(field: &'static str, text: &str) -> AppResult<()> {
+    if text.contains('\0') {
+        return Err(AppError::bad_input(field, format!("{field} must not contain the NUL character")));
+    }
+    Ok(())
+}
+
 /// Trims and checks a title: 1 to 200 characters (Unicode scalar values).
 pub fn parse_title(raw: &str) -> AppResult<String> {
+    refuse_nul("title", raw)?;
     let title = raw.trim();
     if title.is_empty() {
         return Err(AppError::bad_input("title", "Title must not be empty"));
@@ -42,6 +52,7 @@ pub fn parse_title(raw: &str) -> AppResult<String> {
 
 pub fn parse_description(raw: Option<String>) -> AppResult<Option<String>> {
     if let Some(text) = &raw {
+        refuse_nul("description", text)?;
         if text.chars().count() > DESCRIPTION_MAX_CHARS {
             return Err(AppError::bad_input(
                 "description",
@@ -91,7 +102,10 @@ impl TodoFilter {
                     format!("Search must be at most {DESCRIPTION_MAX_CHARS} characters"),
                 ));
             }
-            Some(term) => Some(like_pattern(&fold(term))),
+            Some(term) => {
+                refuse_nul("search", term)?;
+                Some(like_pattern(&fold(term)))
+            }
         };
         Ok(Self { completed, search_pattern })
     }
@@ -214,6 +228,7 @@ impl Cursor {
             OrderField::CreatedAt | OrderField::UpdatedAt => {
                 CursorKey::Time(DbTime::parse_rfc3339(key).ok_or_else(invalid)?)
             }
+            OrderField::Title if key.contains('\0') => return Err(invalid()),
             OrderField::Title => CursorKey::Title(key.to_owned()),
         };
         Ok(Self { order, key, id })

@@ -37,7 +37,12 @@ impl LoginLimits {
     /// Admits one attempt for `email` from `client`, or refuses it with
     /// RATE_LIMITED and the seconds until the next attempt may succeed.
     pub async fn admit(&self, db: &Db, email: &str, client: Option<ClientAddr>) -> AppResult<Attempt> {
-        let email_key = format!("email:{}", email.trim().to_lowercase());
+        // Malformed addresses (which never sign in) share one key, so the key
+        // is always storable text whatever a client sends.
+        let email_key = match crate::auth::email::normalize(email) {
+            Ok(email) => format!("email:{email}"),
+            Err(_) => "email:(malformed)".to_owned(),
+        };
         let mut keys = vec![(email_key.clone(), i64::from(self.per_email))];
         if let Some(ClientAddr(ip)) = client {
             keys.push((format!("addr:{ip}"), i64::from(self.per_address)));

@@ -82,7 +82,7 @@ pub fn finalize(mut response: Response) -> Response {
         if has_code {
             continue;
         }
-        if is_operation_selection_error(&error.message) && error.path.is_empty() {
+        if is_operation_selection_error(&error.message) {
             *error = with_code(std::mem::replace(error, ServerError::new("", None)), "BAD_REQUEST");
         } else if is_input_coercion_error(&error.message) {
             *error = with_code(
@@ -104,10 +104,15 @@ pub fn finalize(mut response: Response) -> Response {
 /// async-graphql's own messages for values that do not fit their input type
 /// (e.g. an argument given through a variable). They name only the type.
 fn is_input_coercion_error(message: &str) -> bool {
-    message.starts_with("Failed to parse") || message.starts_with("Invalid value for argument")
+    message.starts_with("Failed to parse")
+        || message.starts_with("Invalid value for argument")
+        || message.starts_with("Expected input type")
+        || (message.starts_with("Variable ") && message.ends_with("is not defined."))
 }
 
 /// async-graphql's messages for a request that names no runnable operation.
 fn is_operation_selection_error(message: &str) -> bool {
-    message.starts_with("Operation name required") || message.starts_with("Unknown operation named")
+    message.starts_with("Operation name required")
+        || message.starts_with("Unknown operation named")
+        || message.starts_with("Subscriptions are not supported on this transport")
 }

@@ -75,8 +75,12 @@ impl Extension for DocumentLimitsExtension {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let limits = &self.limits;
-        if count_tokens(query, limits.max_tokens + 1) > limits.max_tokens {
+        let (tokens, nesting) = scan(query, limits.max_tokens + 1);
+        if tokens > limits.max_tokens {
             return Err(refuse(format!("The document has more than {} tokens", limits.max_tokens)));
+        }
+        if nesting > MAX_NESTING {
+            return Err(refuse(format!("The document nests brackets more than {MAX_NESTING} deep")));
         }
         let document = next.run(ctx, query, variables).await?;
         if let (Ok(mut slot), async_graphql::parser::types::DocumentOperations::Multiple(named)) =
@@ -114,17 +118,41 @@ impl Extension for DocumentLimitsExtension {
     }
 }
 
+/// The deepest nesting of `{`, `[` and `(` a document may have. The parser
+/// recurses once per level of a value (`[[[…]]]`, `{a: {a: …}}`), and only
+/// selection sets are bounded by the depth limit: without this, a 4 KB
+/// document could overflow a worker thread's stack.
+pub const MAX_NESTING: usize = 64;
+
 /// Counts GraphQL lexical tokens, stopping at `stop`. Commas, white space and
 /// comments are not tokens; a string (block strings included) is one.
 pub fn count_tokens(source: &str, stop: usize) -> usize {
+    scan(source, stop).0
+}
+
+/// Tokens (up to `stop`) and the deepest bracket nesting seen by then.
+fn scan(source: &str, stop: usize) -> (usize, usize) {
     let bytes = source.as_bytes();
     let (mut i, mut tokens) = (0, 0);
+    let (mut depth, mut deepest) = (0_usize, 0_usize);
     while i < bytes.len() && tokens < stop {
         let byte = bytes[i];
         match byte {
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                i += 1;
+                tokens += 1;
+            }
+            b'}' | b']' | b')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+                tokens += 1;
+            }
             b' ' | b'\t' | b'\n' | b'\r' | b',' => i += 1,
+            // A comment ends at a line terminator: LF, CR or CRLF.
             b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
                     i += 1;
                 }
             }
@@ -163,7 +191,7 @@ pub fn count_tokens(source: &str, stop: usize) -> usize {
             }
         }
     }
-    tokens
+    (tokens, deepest)
 }
 
 /// Aliases and directives written anywhere in the document, and whether it
@@ -264,6 +292,8 @@ mod tests {
         assert_eq!(count_tokens("{ ...F } \"\"\"block \\\"\"\" string\"\"\"", 100), 5);
         assert_eq!(count_tokens(&"{ a ".repeat(1000), 50), 50, "stops counting");
         count_tokens("\"unterminated", 10);
+        assert_eq!(count_tokens("# comment\r{ a }", 100), 3, "CR ends a comment");
+        assert_eq!(scan(&format!("{{ a(x: {}1{}) }}", "[".repeat(70), "]".repeat(70)), 1000).1, 72);
         count_tokens("\"\"\"", 10);
         let document = async_graphql::parser::parse_query(
             "query Q @a { x: me @b { id } ...F ... on Query @c { y: me { id } } } fragment F on Query @d { z: me { id @e } }",
