@@ -149,6 +149,15 @@ impl From<diesel::result::Error> for AppError {
             Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
                 Self::Unavailable(error.to_string())
             }
+            // SQLite: another process held the file's lock past busy_timeout.
+            // PostgreSQL: the server is shutting down or restarting.
+            Error::DatabaseError(_, info)
+                if info.message().contains("database is locked")
+                    || info.message().contains("terminating connection")
+                    || info.message().contains("the database system is") =>
+            {
+                Self::Unavailable(error.to_string())
+            }
             _ => Self::Internal(error.to_string()),
         }
     }

@@ -345,3 +345,38 @@ async fn requests_past_the_timeout_are_cut_off() {
         assert_eq!(app.count_rows("SELECT count(*) FROM users").await, 0);
     }
 }
+
+/// SQLite's fault: another process holds the file's write lock. Writes wait
+/// for the busy timeout, then fail with a retryable code; reads go on (WAL);
+/// when the lock is released, writes work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_sqlite_file_fails_writes_briefly_and_recovers() {
+    let Some(app) = TestApp::spawn(crate::helpers::Backend::Sqlite).await else { return };
+    let user = app.signup("locked@example.com").await;
+    let path = app.database_url.trim_start_matches("sqlite://").to_owned();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        use diesel::Connection as _;
+        use diesel::connection::SimpleConnection as _;
+        let mut conn = diesel::SqliteConnection::establish(&path).expect("open");
+        conn.batch_execute("BEGIN IMMEDIATE").expect("lock");
+        locked_tx.send(()).expect("signal");
+        let _ = release_rx.recv();
+        conn.batch_execute("ROLLBACK").expect("unlock");
+    });
+    locked_rx.recv().expect("locked");
+    let started = std::time::Instant::now();
+    let refused = app
+        .gql(Some(&user.token), "mutation { createTodo(input: {title: \"blocked\"}) { id } }", json!({}))
+        .await;
+    refused.expect_code("SERVICE_UNAVAILABLE");
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "{:?}", started.elapsed());
+    // Reads are not blocked by a writer.
+    app.gql(Some(&user.token), "{ todos { totalCount } }", json!({})).await.ok();
+    release_tx.send(()).expect("release");
+    holder.join().expect("holder");
+    app.gql(Some(&user.token), "mutation { createTodo(input: {title: \"after\"}) { id } }", json!({}))
+        .await
+        .ok();
+}
