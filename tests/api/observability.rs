@@ -58,7 +58,8 @@ async fn metrics_move_after_known_requests(app: TestApp) {
     }
     let mut ws = WsClient::with_token(app.addr, &user.token).await;
     ws.subscribe("1", TODO_EVENTS).await;
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    // Polls /metrics until the gauge reads 1; panics if it never does.
+    app.wait_for_open_subscriptions(1).await;
     let after = scrape(&app).await;
 
     let ok = r#"todoql_graphql_requests_total{operation="Me",outcome="ok"}"#;

@@ -84,8 +84,7 @@ async fn own_events_arrive_in_commit_order_with_their_payload(app: TestApp) {
     let user = app.signup("live@example.com").await;
     let mut ws = WsClient::with_token(app.addr, &user.token).await;
     ws.subscribe("1", TODO_EVENTS).await;
-    // Give the subscription a moment to register before writing.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.wait_for_open_subscriptions(1).await;
 
     let first = app.create_todo(&user.token, json!({"title": "first", "description": "d"})).await;
     let id = first["id"].as_str().expect("id").to_owned();
@@ -138,7 +137,7 @@ async fn other_users_events_never_arrive(app: TestApp) {
     let bob = app.signup("bob-live@example.com").await;
     let mut bob_ws = WsClient::with_token(app.addr, &bob.token).await;
     bob_ws.subscribe("b", TODO_EVENTS).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.wait_for_open_subscriptions(1).await;
     for i in 0..5 {
         app.create_todo(&alice.token, json!({"title": format!("alice {i}")})).await;
     }
@@ -163,7 +162,7 @@ async fn a_revoked_token_ends_the_subscription(app: TestApp) {
     let user = app.signup("revoke@example.com").await;
     let mut ws = WsClient::with_token(app.addr, &user.token).await;
     ws.subscribe("1", TODO_EVENTS).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.wait_for_open_subscriptions(1).await;
     app.gql(Some(&user.token), "mutation { logoutEverywhere }", json!({})).await.ok();
     expect_unauthenticated_end(&mut ws, "1").await;
     // A new subscription on the same (revoked) connection is refused too.
@@ -186,9 +185,10 @@ async fn a_revoked_token_ends_the_subscription(app: TestApp) {
         .as_str()
         .expect("token")
         .to_owned();
+    app.wait_for_open_subscriptions(0).await;
     let mut ws = WsClient::with_token(app.addr, &fresh).await;
     ws.subscribe("3", TODO_EVENTS).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.wait_for_open_subscriptions(1).await;
     app.gql(
         Some(&fresh),
         "mutation($input: ChangePasswordInput!) { changePassword(input: $input) { token } }",
@@ -204,7 +204,7 @@ async fn deleting_the_account_ends_the_subscription(app: TestApp) {
     let todo = app.create_todo(&user.token, json!({"title": "goes too"})).await;
     let mut ws = WsClient::with_token(app.addr, &user.token).await;
     ws.subscribe("1", TODO_EVENTS).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.wait_for_open_subscriptions(1).await;
     app.gql(
         Some(&user.token),
         "mutation($p: String!) { deleteAccount(password: $p) }",
@@ -271,8 +271,9 @@ async fn open_subscriptions_are_capped_per_user_and_per_instance() {
         bob_ws.expect_complete("2").await;
         // Closing a subscription frees its slot.
         ws.send(json!({"id": live_id, "type": "complete"})).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.wait_for_open_subscriptions(2).await;
         bob_ws.subscribe("3", TODO_EVENTS).await;
+        app.wait_for_open_subscriptions(3).await;
         let own = app.create_todo(&bob.token, json!({"title": "heard twice"})).await;
         let mut heard_by = Vec::new();
         for _ in 0..2 {
@@ -290,7 +291,7 @@ async fn shutdown_closes_sockets_with_going_away(mut app: TestApp) {
     let user = app.signup("bye@example.com").await;
     let mut ws = WsClient::with_token(app.addr, &user.token).await;
     ws.subscribe("1", TODO_EVENTS).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.wait_for_open_subscriptions(1).await;
     app.begin_shutdown();
     // The subscription completes and the socket closes with 1001, promptly.
     let started = std::time::Instant::now();
