@@ -259,3 +259,27 @@ fn sqlite_pool(url: &str, size: u32) -> SqlitePool {
     let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
     bb8::Pool::builder().max_size(size).connection_timeout(POOL_WAIT).build_unchecked(manager)
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::{Connection as _, RunQueryDsl as _, SqliteConnection};
+
+    #[derive(diesel::QueryableByName)]
+    struct CompileOption {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        compile_options: String,
+    }
+
+    /// See `.cargo/config.toml`: without QPSG every statement with a bound
+    /// LIMIT is re-prepared on each execution.
+    #[test]
+    fn bundled_sqlite_keeps_plans_stable() {
+        let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
+        let options: Vec<CompileOption> =
+            diesel::sql_query("PRAGMA compile_options").load(&mut conn).expect("compile options");
+        assert!(
+            options.iter().any(|o| o.compile_options == "ENABLE_QPSG"),
+            "SQLite was built without SQLITE_ENABLE_QPSG"
+        );
+    }
+}
