@@ -4,12 +4,17 @@
 //! aliases or directives in a document. Tokens are counted before parsing,
 //! so a huge document costs a scan, not a parse; the rest right after.
 //!
+//! Documents that pass are kept in a small cache keyed by their text, so the
+//! handful of operations an application sends over and over are parsed and
+//! checked once (Apollo Server keeps such a cache too): parsing was the
+//! largest single cost of a small query.
+//!
 //! Depth here ignores `__` fields (as graphql-depth-limit is usually set
 //! up): the standard introspection query that GraphiQL and code generators
 //! send is deeper (its `ofType` chain) than any real todoql query.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
@@ -28,9 +33,60 @@ pub struct DocumentLimits {
     pub introspection: bool,
 }
 
-impl ExtensionFactory for DocumentLimits {
+/// The extension that enforces [`DocumentLimits`], with its document cache.
+pub struct DocumentLimitsFactory {
+    limits: DocumentLimits,
+    cache: Arc<DocumentCache>,
+}
+
+impl DocumentLimits {
+    pub fn extension(self) -> DocumentLimitsFactory {
+        DocumentLimitsFactory { limits: self, cache: Arc::default() }
+    }
+}
+
+impl ExtensionFactory for DocumentLimitsFactory {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(DocumentLimitsExtension { limits: *self, operation: std::sync::Mutex::new(None) })
+        Arc::new(DocumentLimitsExtension {
+            limits: self.limits,
+            cache: Arc::clone(&self.cache),
+            operation: Mutex::new(None),
+        })
+    }
+}
+
+/// Parsed documents that passed every limit, by their exact text.
+#[derive(Default)]
+struct DocumentCache {
+    documents: Mutex<HashMap<Box<str>, Arc<ExecutableDocument>>>,
+}
+
+/// Enough for every operation of an application and then some; past it the
+/// cache starts over, so a client sending endless distinct documents costs
+/// re-parsing, never memory.
+const CACHED_DOCUMENTS: usize = 256;
+/// Longer documents are not cached (they are rare, and would each hold tens
+/// of kilobytes of syntax tree).
+const CACHED_DOCUMENT_BYTES: usize = 4 * 1024;
+
+impl DocumentCache {
+    fn get(&self, query: &str) -> Option<ExecutableDocument> {
+        let cached = self.documents.lock().ok()?.get(query).cloned()?;
+        // The deep copy happens outside the lock.
+        Some(ExecutableDocument::clone(&cached))
+    }
+
+    fn insert(&self, query: &str, document: &ExecutableDocument) {
+        if query.len() > CACHED_DOCUMENT_BYTES {
+            return;
+        }
+        let document = Arc::new(document.clone());
+        if let Ok(mut documents) = self.documents.lock() {
+            if documents.len() >= CACHED_DOCUMENTS {
+                documents.clear();
+            }
+            documents.insert(query.into(), document);
+        }
     }
 }
 
@@ -42,8 +98,22 @@ pub const OPERATION_NAME_HEADER: &str = "x-todoql-operation";
 
 struct DocumentLimitsExtension {
     limits: DocumentLimits,
+    cache: Arc<DocumentCache>,
     /// The name of the document's single named operation, if any.
-    operation: std::sync::Mutex<Option<String>>,
+    operation: Mutex<Option<String>>,
+}
+
+impl DocumentLimitsExtension {
+    fn remember_operation_name(&self, document: &ExecutableDocument) {
+        if let (Ok(mut slot), async_graphql::parser::types::DocumentOperations::Multiple(named)) =
+            (self.operation.lock(), &document.operations)
+        {
+            // Named operations: with just one, its name is the operation's.
+            if named.len() == 1 {
+                *slot = named.keys().next().map(|name| name.to_string());
+            }
+        }
+    }
 }
 
 fn refuse(message: String) -> ServerError {
@@ -74,6 +144,11 @@ impl Extension for DocumentLimitsExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
+        // The limits depend on the text alone: a cached document passed them.
+        if let Some(document) = self.cache.get(query) {
+            self.remember_operation_name(&document);
+            return Ok(document);
+        }
         let limits = &self.limits;
         let (tokens, nesting) = scan(query, limits.max_tokens + 1);
         if tokens > limits.max_tokens {
@@ -83,14 +158,7 @@ impl Extension for DocumentLimitsExtension {
             return Err(refuse(format!("The document nests brackets more than {MAX_NESTING} deep")));
         }
         let document = next.run(ctx, query, variables).await?;
-        if let (Ok(mut slot), async_graphql::parser::types::DocumentOperations::Multiple(named)) =
-            (self.operation.lock(), &document.operations)
-        {
-            // Named operations: with just one, its name is the operation's.
-            if named.len() == 1 {
-                *slot = named.keys().next().map(|name| name.to_string());
-            }
-        }
+        self.remember_operation_name(&document);
         let depth = document_depth(&document);
         if depth > limits.max_depth {
             return Err(refuse(format!(
@@ -114,6 +182,7 @@ impl Extension for DocumentLimitsExtension {
                 limits.max_directives
             )));
         }
+        self.cache.insert(query, &document);
         Ok(document)
     }
 }
@@ -280,6 +349,26 @@ impl Walker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_document_cache_is_bounded() {
+        let cache = DocumentCache::default();
+        let parse = |q: &str| async_graphql::parser::parse_query(q).expect("parses");
+        cache.insert("{ me { id } }", &parse("{ me { id } }"));
+        let hit = cache.get("{ me { id } }").expect("cached");
+        assert_eq!(document_depth(&hit), 2);
+        assert!(cache.get("{ me { email } }").is_none(), "keyed by the exact text");
+        let long = format!("{{ me {{ id }} }}{}", " ".repeat(CACHED_DOCUMENT_BYTES));
+        cache.insert(&long, &parse(&long));
+        assert!(cache.get(&long).is_none(), "long documents are not kept");
+        for i in 0..CACHED_DOCUMENTS {
+            let query = format!("query Q{i} {{ me {{ id }} }}");
+            cache.insert(&query, &parse(&query));
+        }
+        let size = cache.documents.lock().expect("lock").len();
+        assert!(size <= CACHED_DOCUMENTS, "{size} documents");
+        assert!(cache.get("{ me { id } }").is_none(), "a full cache starts over");
+    }
 
     fn depth(query: &str) -> usize {
         document_depth(&async_graphql::parser::parse_query(query).expect("parses"))

@@ -33,13 +33,16 @@ pub fn schema(app: Arc<App>, limits: &Limits) -> TodoqlSchema {
     let mut builder = builder()
         .data(app)
         .extension(errors::ErrorCodes)
-        .extension(limits::DocumentLimits {
-            max_depth: limits.max_depth,
-            max_tokens: limits.max_tokens,
-            max_aliases: limits.max_aliases,
-            max_directives: limits.max_directives,
-            introspection: limits.introspection,
-        })
+        .extension(
+            limits::DocumentLimits {
+                max_depth: limits.max_depth,
+                max_tokens: limits.max_tokens,
+                max_aliases: limits.max_aliases,
+                max_directives: limits.max_directives,
+                introspection: limits.introspection,
+            }
+            .extension(),
+        )
         .limit_complexity(limits.max_complexity);
     if !limits.introspection {
         builder = builder.disable_introspection();

@@ -14,6 +14,7 @@ backend_tests!(
     cors_allows_only_configured_origins,
     oversized_bodies_are_refused,
     limits_admit_real_queries_and_refuse_abusive_ones,
+    repeated_documents_behave_like_new_ones,
     malformed_requests_are_request_errors,
 );
 
@@ -252,6 +253,49 @@ async fn limits_admit_real_queries_and_refuse_abusive_ones(app: TestApp) {
     let aliases: String = (0..8).map(|i| format!("p{i}: todos(first: 100) {{ nodes {{ id title description completed createdAt updatedAt }} }} ")).collect();
     let response = app.gql(Some(&user.token), &format!("{{ {aliases} }}"), json!({})).await;
     response.expect_code("GRAPHQL_VALIDATION_FAILED");
+}
+
+/// The server caches parsed documents by their text; a repeat must be
+/// indistinguishable from a first sending: variables, `@skip`, the chosen
+/// operation and every refusal apply afresh.
+async fn repeated_documents_behave_like_new_ones(app: TestApp) {
+    let user = app.signup("repeat@example.com").await;
+    let first = app.create_todo(&user.token, json!({"title": "first"})).await;
+    let second = app.create_todo(&user.token, json!({"title": "second"})).await;
+    let by_id = "query($id: ID!, $skip: Boolean!) { todo(id: $id) { title completed @skip(if: $skip) } }";
+    for _ in 0..2 {
+        let data = app.gql(Some(&user.token), by_id, json!({"id": first["id"], "skip": true})).await.ok();
+        assert_eq!(data["todo"], json!({"title": "first"}));
+        let data = app.gql(Some(&user.token), by_id, json!({"id": second["id"], "skip": false})).await.ok();
+        assert_eq!(data["todo"], json!({"title": "second", "completed": false}));
+    }
+    let two = "query Mine { me { email } } query Count { todos { totalCount } }";
+    for _ in 0..2 {
+        for (name, expected) in
+            [("Mine", json!({"me": {"email": user.email}})), ("Count", json!({"todos": {"totalCount": 2}}))]
+        {
+            let response = app
+                .client
+                .post(app.url("/graphql"))
+                .bearer_auth(&user.token)
+                .json(&json!({"query": two, "operationName": name}))
+                .send()
+                .await
+                .expect("sent");
+            let body: Value = response.json().await.expect("JSON");
+            assert_eq!(body["data"], expected, "{body}");
+        }
+    }
+    let too_deep = format!("{{ {}id{} }}", "me { ".repeat(12), " }".repeat(12));
+    let invalid = "{ todos { totalCount nope } }";
+    for _ in 0..3 {
+        app.gql(Some(&user.token), &too_deep, json!({})).await.expect_code("GRAPHQL_VALIDATION_FAILED");
+        let response = app.gql(Some(&user.token), invalid, json!({})).await;
+        response.expect_code("GRAPHQL_VALIDATION_FAILED");
+        assert!(response.message().is_some_and(|m| m.contains("nope")), "{}", response.0);
+        // Cached or not, a document still needs a signed-in user.
+        app.gql(None, by_id, json!({"id": first["id"], "skip": false})).await.expect_code("UNAUTHENTICATED");
+    }
 }
 
 async fn malformed_requests_are_request_errors(app: TestApp) {
