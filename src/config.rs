@@ -78,7 +78,7 @@ pub struct ConfigArgs {
     /// Development mode: allows `CORS_ORIGINS=*`.
     #[arg(long, env = "TODOQL_DEV", global = true)]
     pub dev: bool,
-    /// Concurrent bcrypt computations (default: the number of cores).
+    /// Concurrent bcrypt computations (default: half the cores, at least 1).
     #[arg(long, env = "BCRYPT_CONCURRENCY", global = true)]
     pub bcrypt_concurrency: Option<String>,
     /// Maximum query depth.
@@ -327,10 +327,9 @@ impl Config {
         if !(4..=31).contains(&bcrypt_cost) {
             return Err(bad(format!("BCRYPT_COST must be between 4 and 31 (got {bcrypt_cost})")));
         }
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let bcrypt_concurrency = match &args.bcrypt_concurrency {
             Some(raw) => parse_number("BCRYPT_CONCURRENCY", raw)?,
-            None => cores,
+            None => default_bcrypt_concurrency(),
         };
         if bcrypt_concurrency == 0 {
             return Err(bad("BCRYPT_CONCURRENCY must be at least 1"));
@@ -411,9 +410,29 @@ impl Config {
     }
 }
 
+/// Half the cores: a burst of logins (each hash a core-bound ~65 ms at cost
+/// 10) must not take every core from the requests already in flight. On 2
+/// cores, letting bcrypt have both cut a concurrent todo list's throughput to
+/// about a third; with one it keeps half, for half the login throughput (see
+/// BENCHMARKS.md). `BCRYPT_CONCURRENCY` trades one for the other.
+fn default_bcrypt_concurrency() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    (cores / 2).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bcrypt_leaves_half_the_cores_by_default() {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.bcrypt_concurrency, (cores / 2).max(1));
+        assert!(config.bcrypt_concurrency < cores || cores == 1);
+        assert_eq!(parse(&["--bcrypt-concurrency", "3"]).expect("valid").bcrypt_concurrency, 3);
+        assert!(error(&["--bcrypt-concurrency", "0"]).contains("at least 1"));
+    }
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["todoql"];
