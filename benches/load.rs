@@ -37,7 +37,7 @@
 //! | `--warmup D` | `BENCH_WARMUP` | `2s` | unmeasured load before each scenario |
 //! | `--scenarios a,b` | `BENCH_SCENARIOS` | all | subset of `list,get,create,update,login,mixed,deep,rss` |
 //! | `--backends a,b` | `BENCH_BACKENDS` | `postgres,sqlite` | |
-//! | `--quick` | `BENCH_QUICK=1` | off | smoke run: small data set, 0.2 s per scenario, targets not judged |
+//! | `--quick` | `BENCH_QUICK=1` | off | smoke run: small data set, 0.2 s per scenario, bcrypt cost 4, targets not judged |
 //! | `--baseline-user-lookup` | `BENCH_BASELINE_USER_LOOKUP=1` | off | the baseline also loads the user per request, as todoql's revocation check does |
 //!
 //! `TODOQL_BIN=path` runs that todoql binary instead of the one cargo built
@@ -293,7 +293,10 @@ impl Drop for TodoqlProcess {
 }
 
 impl TodoqlProcess {
-    fn start(database_url: &str, work_dir: &Path) -> Self {
+    /// `bcrypt_cost`: 10 (production's default) for measurements; the smoke
+    /// run uses 4, since an unoptimised build needs over a second per hash
+    /// at 10 and would complete no login in its fraction of a second.
+    fn start(database_url: &str, work_dir: &Path, bcrypt_cost: u32) -> Self {
         // TODOQL_BIN (as in scripts/test) runs a copy of the binary: on a
         // shared machine a concurrent `cargo build` may relink
         // target/release/todoql between the two backends.
@@ -307,7 +310,7 @@ impl TodoqlProcess {
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("JWT_SECRET", JWT_SECRET)
             // Production cost: logins are meant to be bcrypt-bound.
-            .env("BCRYPT_COST", "10")
+            .env("BCRYPT_COST", bcrypt_cost.to_string())
             // Per-request log lines would be a benchmark of the logger; the
             // address comes from todoql::app at info. JSON: one event a line.
             .env("RUST_LOG", "warn,todoql::app=info")
@@ -1111,7 +1114,8 @@ async fn bench_backend(backend: Backend, options: &Options) -> Option<Report> {
         }
     };
     eprintln!("\n== {} ({version})", backend.name());
-    let server = TodoqlProcess::start(&database_url, dir.path());
+    let bcrypt_cost = if options.quick { 4 } else { 10 };
+    let server = TodoqlProcess::start(&database_url, dir.path(), bcrypt_cost);
     let api = Api {
         client: reqwest::Client::builder().no_proxy().build().expect("client"),
         url: format!("http://{}/graphql", server.addr),
