@@ -120,21 +120,13 @@ async fn subscribe(addr: SocketAddr, token: &str) -> WsClient {
             None => {}
             Some(_) => return None,
         }
-        eventually(Duration::from_secs(10), || async { (open_subscriptions(addr).await >= 1).then_some(()) })
-            .await;
+        eventually(Duration::from_secs(10), || async {
+            (ws::open_subscriptions(addr).await.unwrap_or(0) >= 1).then_some(())
+        })
+        .await;
         Some(ws)
     })
     .await
-}
-
-/// `todoql_subscriptions_open` from the instance's `/metrics`.
-async fn open_subscriptions(addr: SocketAddr) -> u64 {
-    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else { return 0 };
-    let body = response.text().await.unwrap_or_default();
-    body.lines()
-        .find_map(|line| line.strip_prefix("todoql_subscriptions_open "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,19 +171,12 @@ impl TestApp {
 
 impl TestApp {
     /// Waits until this instance has exactly `expected` subscriptions
-    /// registered with its event hub, read from `/metrics`. Events published
-    /// before a subscription registers are (rightly) not delivered to it, so
-    /// tests wait on this rather than on a guessed sleep.
+    /// registered with its event hub (see [`crate::ws::open_subscriptions`]).
     pub async fn wait_for_open_subscriptions(&self, expected: usize) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut last = None;
         while std::time::Instant::now() < deadline {
-            let body = self.client.get(self.url("/metrics")).send().await.expect("metrics").text().await;
-            last = body.ok().and_then(|body| {
-                body.lines()
-                    .find_map(|line| line.strip_prefix("todoql_subscriptions_open "))
-                    .and_then(|value| value.trim().parse::<usize>().ok())
-            });
+            last = crate::ws::open_subscriptions(self.addr).await;
             if last == Some(expected) {
                 return;
             }

@@ -120,6 +120,17 @@ pub const TODO_EVENTS: &str =
 
 /// What no response may ever contain: password hashes, SQL, driver names,
 /// panics. Every GraphQL response the suite reads goes through this.
+/// `todoql_subscriptions_open` as the server at `addr` reports it on
+/// `/metrics`: the subscriptions its event hub has registered. Events
+/// published before a subscription registers are (rightly) not delivered to
+/// it, so tests wait on this rather than on a guessed sleep.
+pub async fn open_subscriptions(addr: std::net::SocketAddr) -> Option<usize> {
+    let body = reqwest::get(format!("http://{addr}/metrics")).await.ok()?.text().await.ok()?;
+    body.lines()
+        .find_map(|line| line.strip_prefix("todoql_subscriptions_open "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 pub fn assert_no_leak(body: &str) {
     const FORBIDDEN: &[&str] = &[
         "$2b$",
