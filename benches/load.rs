@@ -391,6 +391,15 @@ struct Dataset {
     small: Account,
 }
 
+impl Dataset {
+    /// A random seeded user and one of that user's todos.
+    fn random_todo(&self, rng: &mut StdRng) -> (&Account, &str) {
+        let user = rng.random_range(0..self.users.len());
+        let ids = &self.todos[user];
+        (&self.users[user], &ids[rng.random_range(0..ids.len())])
+    }
+}
+
 /// A plain client for seeding, one JSON request at a time.
 struct Api {
     client: reqwest::Client,
@@ -1000,11 +1009,9 @@ impl Workloads {
             // `"todo":null` would mean the pair is wrong: not a success.
             marker: "\"todo\":{",
             next: Arc::new(move |rng, _, _| {
-                let user = rng.random_range(0..data.users.len());
-                let ids = &data.todos[user];
-                let id = &ids[rng.random_range(0..ids.len())];
+                let (user, id) = data.random_todo(rng);
                 let body = json!({"query": GET_QUERY, "variables": {"id": id}}).to_string();
-                Request { token: Some(data.users[user].token.clone()), body }
+                Request { token: Some(user.token.clone()), body }
             }),
         }
     }
@@ -1031,13 +1038,11 @@ impl Workloads {
             connections: CONNECTIONS,
             marker: "\"updateTodo\":{",
             next: Arc::new(move |rng, _, _| {
-                let user = rng.random_range(0..data.users.len());
-                let ids = &data.todos[user];
-                let id = &ids[rng.random_range(0..ids.len())];
+                let (user, id) = data.random_todo(rng);
                 let completed: bool = rng.random();
                 let body = json!({"query": UPDATE_QUERY, "variables": {"id": id, "completed": completed}})
                     .to_string();
-                Request { token: Some(data.users[user].token.clone()), body }
+                Request { token: Some(user.token.clone()), body }
             }),
         }
     }
