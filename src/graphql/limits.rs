@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{Name, Positioned, ServerError, ServerResult, Variables};
+use async_graphql::{Name, ServerError, ServerResult, Value, Variables};
 
 use super::errors::GRAPHQL_VALIDATION_FAILED;
 
@@ -28,6 +28,12 @@ pub struct DocumentLimits {
     pub max_tokens: usize,
     pub max_aliases: usize,
     pub max_directives: usize,
+    /// The complexity budget, which also bounds the document's size once its
+    /// fragments are expanded (every selection costs at least one).
+    pub max_expanded: usize,
+    /// Values (scalars, lists and objects, nested ones included) in a
+    /// request's variables.
+    pub max_variable_values: usize,
     /// When false, documents asking for `__schema` or `__type` are refused
     /// (async-graphql alone would answer them with null).
     pub introspection: bool,
@@ -139,13 +145,14 @@ impl Extension for DocumentLimitsExtension {
 
     async fn parse_query(
         &self,
-        ctx: &ExtensionContext<'_>,
+        _ctx: &ExtensionContext<'_>,
         query: &str,
         variables: &Variables,
-        next: NextParseQuery<'_>,
+        _next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         // The limits depend on the text alone: a cached document passed them.
         if let Some(document) = self.cache.get(query) {
+            check_variables(variables, self.limits.max_variable_values)?;
             self.remember_operation_name(&document);
             return Ok(document);
         }
@@ -157,33 +164,78 @@ impl Extension for DocumentLimitsExtension {
         if nesting > MAX_NESTING {
             return Err(refuse(format!("The document nests brackets more than {MAX_NESTING} deep")));
         }
-        let document = next.run(ctx, query, variables).await?;
+        // Parsed here rather than by `_next` (async-graphql's own parse step):
+        // that step's recursion check walks every fragment spread again,
+        // unmemoized, before any limit of ours could refuse the document.
+        // Everything it guards is checked below, in linear time.
+        let document = async_graphql::parser::parse_query(query).map_err(ServerError::from)?;
         self.remember_operation_name(&document);
-        let depth = document_depth(&document);
-        if depth > limits.max_depth {
+        check_variables(variables, limits.max_variable_values)?;
+        let shape = shape(&document);
+        if let Some(name) = &shape.cycle {
+            return Err(refuse(format!("Cannot spread fragment \"{name}\" within itself")));
+        }
+        if shape.expanded > limits.max_expanded {
             return Err(refuse(format!(
-                "The query is nested {depth} levels deep; the limit is {}",
-                limits.max_depth
+                "The document expands to more than {} selections once its fragments are spread",
+                limits.max_expanded
             )));
         }
-        let (aliases, directives, introspects) = count_aliases_and_directives(&document);
-        if introspects && !limits.introspection {
+        if shape.nesting > MAX_NESTING_WITH_FRAGMENTS {
+            return Err(refuse(format!(
+                "The document nests selections and fragments more than {MAX_NESTING_WITH_FRAGMENTS} deep"
+            )));
+        }
+        if shape.depth > limits.max_depth {
+            return Err(refuse(format!(
+                "The query is nested {} levels deep; the limit is {}",
+                shape.depth, limits.max_depth
+            )));
+        }
+        if shape.introspects && !limits.introspection {
             return Err(refuse("Introspection is disabled on this server".to_owned()));
         }
-        if aliases > limits.max_aliases {
+        if shape.aliases > limits.max_aliases {
             return Err(refuse(format!(
-                "The document has {aliases} aliases; the limit is {}",
-                limits.max_aliases
+                "The document has {} aliases; the limit is {}",
+                shape.aliases, limits.max_aliases
             )));
         }
-        if directives > limits.max_directives {
+        if shape.directives > limits.max_directives {
             return Err(refuse(format!(
-                "The document has {directives} directives; the limit is {}",
-                limits.max_directives
+                "The document has {} directives; the limit is {}",
+                shape.directives, limits.max_directives
             )));
         }
         self.cache.insert(query, &document);
         Ok(document)
+    }
+}
+
+/// Values a request's variables may hold: todoql's inputs are a handful of
+/// strings, and `nodes(ids:)` lists of a page or two.
+pub const MAX_VARIABLE_VALUES: usize = 10_000;
+
+/// Refuses variables holding more than `limit` values. The body limit bounds
+/// their bytes, but one byte of JSON (`0,`) can become a value of tens of
+/// bytes in memory, and every resolver that reads them walks them.
+fn check_variables(variables: &Variables, limit: usize) -> ServerResult<()> {
+    fn count(value: &Value, budget: &mut usize) -> bool {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        match value {
+            Value::List(items) => items.iter().all(|item| count(item, budget)),
+            Value::Object(fields) => fields.values().all(|field| count(field, budget)),
+            _ => true,
+        }
+    }
+    let mut budget = limit;
+    if variables.values().all(|value| count(value, &mut budget)) {
+        Ok(())
+    } else {
+        Err(refuse(format!("The variables hold more than {limit} values")))
     }
 }
 
@@ -197,6 +249,13 @@ pub const MAX_NESTING: usize = 64;
 /// comments are not tokens; a string (block strings included) is one.
 pub fn count_tokens(source: &str, stop: usize) -> usize {
     scan(source, stop).0
+}
+
+/// Whether `source` is within `max_tokens` tokens and [`MAX_NESTING`]: safe
+/// to hand to the parser.
+pub fn within_scan_limits(source: &str, max_tokens: usize) -> bool {
+    let (tokens, nesting) = scan(source, max_tokens.saturating_add(1));
+    tokens <= max_tokens && nesting <= MAX_NESTING
 }
 
 /// Tokens (up to `stop`) and the deepest bracket nesting seen by then.
@@ -263,86 +322,150 @@ fn scan(source: &str, stop: usize) -> (usize, usize) {
     (tokens, deepest)
 }
 
-/// Aliases and directives written anywhere in the document, and whether it
-/// asks for `__schema` or `__type`.
-fn count_aliases_and_directives(document: &ExecutableDocument) -> (usize, usize, bool) {
-    fn walk(set: &SelectionSet, counts: &mut (usize, usize, bool)) {
-        for selection in &set.items {
-            match &selection.node {
-                Selection::Field(field) => {
-                    let name = field.node.name.node.as_str();
-                    counts.2 |= name == "__schema" || name == "__type";
-                    counts.0 += usize::from(field.node.alias.is_some());
-                    counts.1 += field.node.directives.len();
-                    walk(&field.node.selection_set.node, counts);
-                }
-                Selection::InlineFragment(fragment) => {
-                    counts.1 += fragment.node.directives.len();
-                    walk(&fragment.node.selection_set.node, counts);
-                }
-                Selection::FragmentSpread(spread) => counts.1 += spread.node.directives.len(),
-            }
-        }
-    }
-    let mut counts = (0, 0, false);
-    for (_, operation) in document.operations.iter() {
-        counts.1 += operation.node.directives.len();
-        walk(&operation.node.selection_set.node, &mut counts);
-    }
-    for fragment in document.fragments.values() {
-        let fragment: &Positioned<_> = fragment;
-        counts.1 += fragment.node.directives.len();
-        walk(&fragment.node.selection_set.node, &mut counts);
-    }
-    counts
+/// What the limits need to know of a parsed document, computed in one walk
+/// whose cost is linear in the document's text, however its fragments nest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Shape {
+    /// The deepest chain of non-introspection fields in any operation.
+    pub depth: usize,
+    /// The deepest nesting of selection sets, fragment spreads and inline
+    /// fragments (introspection included), as async-graphql's own
+    /// recursion check counts it; bounds the stack execution needs.
+    pub nesting: usize,
+    /// Selections (fields, spreads, inline fragments) that validation and
+    /// execution would visit once every fragment spread is expanded, over all
+    /// operations: the work a document asks for. Saturates at `usize::MAX`.
+    pub expanded: usize,
+    /// Aliases and directives as written (each written once counts once).
+    pub aliases: usize,
+    pub directives: usize,
+    /// Whether it asks for `__schema` or `__type`.
+    pub introspects: bool,
+    /// A fragment spread inside itself, directly or not. Validation reports
+    /// it too, but only after visitors that expand spreads would loop on it.
+    pub cycle: Option<Name>,
 }
 
-/// The deepest chain of non-introspection fields in any operation.
-pub fn document_depth(document: &ExecutableDocument) -> usize {
-    let mut walker = Walker { document, memo: HashMap::new(), visiting: Vec::new() };
-    document.operations.iter().map(|(_, op)| walker.depth(&op.node.selection_set.node)).max().unwrap_or(0)
+/// async-graphql's default recursion limit, which our own walk now enforces
+/// (its check expands every spread, unmemoized: see [`shape`]).
+pub const MAX_NESTING_WITH_FRAGMENTS: usize = 32;
+
+/// The [`Shape`] of `document`.
+///
+/// Each fragment is walked once and its numbers memoized, so a fragment
+/// spread ten times by a fragment spread ten times (and so on) costs its
+/// text, not 10^n: this is what makes a 1 KB document that expands to
+/// billions of fields cheap to refuse.
+pub fn shape(document: &ExecutableDocument) -> Shape {
+    let mut walker = Walker { document, memo: HashMap::new(), visiting: Vec::new(), cycle: None };
+    let mut shape = Shape::default();
+    for (_, operation) in document.operations.iter() {
+        let sizes = walker.selection_set(&operation.node.selection_set.node);
+        shape.depth = shape.depth.max(sizes.depth);
+        shape.nesting = shape.nesting.max(sizes.nesting);
+        shape.expanded = shape.expanded.saturating_add(sizes.expanded);
+        shape.directives += operation.node.directives.len();
+        count_written(&operation.node.selection_set.node, &mut shape);
+    }
+    for fragment in document.fragments.values() {
+        shape.directives += fragment.node.directives.len();
+        count_written(&fragment.node.selection_set.node, &mut shape);
+    }
+    shape.cycle = walker.cycle;
+    shape
+}
+
+/// Aliases, directives and introspection fields as written, not expanded.
+fn count_written(set: &SelectionSet, shape: &mut Shape) {
+    for selection in &set.items {
+        match &selection.node {
+            Selection::Field(field) => {
+                let name = field.node.name.node.as_str();
+                shape.introspects |= name == "__schema" || name == "__type";
+                shape.aliases += usize::from(field.node.alias.is_some());
+                shape.directives += field.node.directives.len();
+                count_written(&field.node.selection_set.node, shape);
+            }
+            Selection::InlineFragment(fragment) => {
+                shape.directives += fragment.node.directives.len();
+                count_written(&fragment.node.selection_set.node, shape);
+            }
+            Selection::FragmentSpread(spread) => shape.directives += spread.node.directives.len(),
+        }
+    }
+}
+
+/// The numbers of one selection set, relative to where it sits.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sizes {
+    depth: usize,
+    nesting: usize,
+    expanded: usize,
 }
 
 struct Walker<'a> {
     document: &'a ExecutableDocument,
-    /// Fragment depths already computed: a fragment spread many times is
-    /// walked once, so nested reuse cannot blow up exponentially.
-    memo: HashMap<Name, usize>,
-    /// Fragments on the current path; a cycle (invalid, reported by
-    /// validation) counts as nothing here.
+    /// Fragments already measured: each is walked once.
+    memo: HashMap<Name, Sizes>,
+    /// Fragments on the current path, to find cycles. Never longer than
+    /// [`MAX_NESTING_WITH_FRAGMENTS`] + 1: past that the document is refused
+    /// anyway, so the walk (and its stack) stops descending.
     visiting: Vec<Name>,
+    cycle: Option<Name>,
 }
 
 impl Walker<'_> {
-    fn depth(&mut self, set: &SelectionSet) -> usize {
-        let mut deepest = 0;
+    fn selection_set(&mut self, set: &SelectionSet) -> Sizes {
+        let mut total = Sizes::default();
         for selection in &set.items {
-            let depth = match &selection.node {
-                Selection::Field(field) if field.node.name.node.starts_with("__") => 0,
-                Selection::Field(field) => 1 + self.depth(&field.node.selection_set.node),
-                Selection::InlineFragment(fragment) => self.depth(&fragment.node.selection_set.node),
-                Selection::FragmentSpread(spread) => self.fragment_depth(&spread.node.fragment_name.node),
+            let (depth, nesting, expanded) = match &selection.node {
+                Selection::Field(field) => {
+                    let inner = self.selection_set(&field.node.selection_set.node);
+                    let has_selections = !field.node.selection_set.node.items.is_empty();
+                    let introspection = field.node.name.node.starts_with("__");
+                    (
+                        if introspection { 0 } else { 1 + inner.depth },
+                        inner.nesting + usize::from(has_selections),
+                        inner.expanded.saturating_add(1),
+                    )
+                }
+                Selection::InlineFragment(fragment) => {
+                    let inner = self.selection_set(&fragment.node.selection_set.node);
+                    (inner.depth, inner.nesting + 1, inner.expanded.saturating_add(1))
+                }
+                Selection::FragmentSpread(spread) => {
+                    let inner = self.fragment(&spread.node.fragment_name.node);
+                    (inner.depth, inner.nesting + 1, inner.expanded.saturating_add(1))
+                }
             };
-            deepest = deepest.max(depth);
+            total.depth = total.depth.max(depth);
+            total.nesting = total.nesting.max(nesting);
+            total.expanded = total.expanded.saturating_add(expanded);
         }
-        deepest
+        total
     }
 
-    fn fragment_depth(&mut self, name: &Name) -> usize {
-        if let Some(depth) = self.memo.get(name) {
-            return *depth;
+    fn fragment(&mut self, name: &Name) -> Sizes {
+        if let Some(sizes) = self.memo.get(name) {
+            return *sizes;
         }
         if self.visiting.contains(name) {
-            return 0;
+            self.cycle.get_or_insert_with(|| name.clone());
+            return Sizes::default();
         }
+        if self.visiting.len() > MAX_NESTING_WITH_FRAGMENTS {
+            // Every spread on the path is a level: this is too deep already.
+            return Sizes { nesting: MAX_NESTING_WITH_FRAGMENTS + 1, ..Sizes::default() };
+        }
+        // An unknown fragment is reported by validation.
         let Some(fragment) = self.document.fragments.get(name) else {
-            return 0;
+            return Sizes::default();
         };
         self.visiting.push(name.clone());
-        let depth = self.depth(&fragment.node.selection_set.node);
+        let sizes = self.selection_set(&fragment.node.selection_set.node);
         self.visiting.pop();
-        self.memo.insert(name.clone(), depth);
-        depth
+        self.memo.insert(name.clone(), sizes);
+        sizes
     }
 }
 
@@ -356,7 +479,7 @@ mod tests {
         let parse = |q: &str| async_graphql::parser::parse_query(q).expect("parses");
         cache.insert("{ me { id } }", &parse("{ me { id } }"));
         let hit = cache.get("{ me { id } }").expect("cached");
-        assert_eq!(document_depth(&hit), 2);
+        assert_eq!(shape(&hit).depth, 2);
         assert!(cache.get("{ me { email } }").is_none(), "keyed by the exact text");
         let long = format!("{{ me {{ id }} }}{}", " ".repeat(CACHED_DOCUMENT_BYTES));
         cache.insert(&long, &parse(&long));
@@ -370,8 +493,12 @@ mod tests {
         assert!(cache.get("{ me { id } }").is_none(), "a full cache starts over");
     }
 
+    fn shape_of(query: &str) -> Shape {
+        shape(&async_graphql::parser::parse_query(query).expect("parses"))
+    }
+
     fn depth(query: &str) -> usize {
-        document_depth(&async_graphql::parser::parse_query(query).expect("parses"))
+        shape_of(query).depth
     }
 
     #[test]
@@ -388,12 +515,13 @@ mod tests {
             "query Q @a { x: me @b { id } ...F ... on Query @c { y: me { id } } } fragment F on Query @d { z: me { id @e } }",
         )
         .expect("parses");
-        assert_eq!(count_aliases_and_directives(&document), (3, 5, false));
+        let counted = shape(&document);
+        assert_eq!((counted.aliases, counted.directives, counted.introspects), (3, 5, false));
         let document = async_graphql::parser::parse_query(
             "{ ...F } fragment F on Query { __type(name: \"Todo\") { name } }",
         )
         .expect("parses");
-        assert!(count_aliases_and_directives(&document).2);
+        assert!(shape(&document).introspects);
     }
 
     #[test]
@@ -409,7 +537,56 @@ mod tests {
         assert_eq!(depth("{ ... on Query { me { id } } }"), 2);
         assert_eq!(depth("{ __schema { types { fields { type { ofType { ofType { name } } } } } } }"), 0);
         assert_eq!(depth("{ me { __typename } }"), 1);
-        // A cycle does not hang the walk (validation reports it).
-        assert_eq!(depth("query { ...A } fragment A on Query { me { id } ...A }"), 2);
+    }
+
+    /// `fragment F{n} on Query { ...F{n-1} ×10 }`: a few hundred bytes that
+    /// expand to 10^levels selections.
+    pub fn fragment_bomb(levels: usize) -> String {
+        let mut query = format!("query {{ ...F{levels} }} fragment F0 on Query {{ __typename }}");
+        for level in 1..=levels {
+            let spreads = format!("...F{} ", level - 1).repeat(10);
+            query.push_str(&format!(" fragment F{level} on Query {{ {spreads}}}"));
+        }
+        query
+    }
+
+    #[test]
+    fn measures_the_expansion_without_doing_it() {
+        assert_eq!(shape_of("{ me { id email } }").expanded, 3);
+        assert_eq!(shape_of("{ ...A ...A } fragment A on Query { me { id } }").expanded, 6);
+        assert_eq!(shape_of("{ ... on Query { me { id } } }").expanded, 3);
+        assert_eq!(shape_of("query A { me { id } } query B { me { id } }").expanded, 4, "all operations");
+        let started = std::time::Instant::now();
+        let bomb = shape_of(&fragment_bomb(8));
+        assert!(bomb.expanded > 100_000_000, "{}", bomb.expanded);
+        let bigger = shape_of(&fragment_bomb(40));
+        assert_eq!(bigger.expanded, usize::MAX, "saturates");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn finds_cycles_and_nesting_through_fragments() {
+        let cyclic =
+            shape_of("query { ...A } fragment A on Query { me { id } ...B } fragment B on Query { ...A }");
+        assert!(cyclic.cycle.is_some());
+        assert_eq!(shape_of("{ ...A } fragment A on Query { me { id } }").cycle, None);
+        // `{ me { id } }` nests 1 (one selection set below the root); each
+        // spread and inline fragment adds one, as async-graphql counts.
+        assert_eq!(shape_of("{ me { id } }").nesting, 1);
+        assert_eq!(shape_of("{ ...A } fragment A on Query { ... on Query { me { id } } }").nesting, 3);
+        let mut chain = String::from("query { ...F0 }");
+        for i in 0..100 {
+            chain.push_str(&format!(" fragment F{i} on Query {{ ...F{} }}", i + 1));
+        }
+        chain.push_str(" fragment F100 on Query { __typename }");
+        assert!(shape_of(&chain).nesting > MAX_NESTING_WITH_FRAGMENTS);
+    }
+
+    #[test]
+    fn counts_variable_values() {
+        let variables = |json: serde_json::Value| Variables::from_json(json);
+        assert!(check_variables(&variables(serde_json::json!({"a": [1, 2, 3]})), 4).is_ok());
+        assert!(check_variables(&variables(serde_json::json!({"a": [1, 2, 3], "b": 1})), 4).is_err());
+        assert!(check_variables(&variables(serde_json::json!({"a": {"b": {"c": 1}}})), 2).is_err());
     }
 }

@@ -39,6 +39,8 @@ pub fn schema(app: Arc<App>, limits: &Limits) -> TodoqlSchema {
                 max_tokens: limits.max_tokens,
                 max_aliases: limits.max_aliases,
                 max_directives: limits.max_directives,
+                max_expanded: limits.max_complexity,
+                max_variable_values: limits::MAX_VARIABLE_VALUES,
                 introspection: limits.introspection,
             }
             .extension(),

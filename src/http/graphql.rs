@@ -279,9 +279,40 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     json && utf8
 }
 
+/// JSON values a body may hold: a full batch whose every request is at the
+/// variables limit fits. Counted before parsing, because parsing 1 MiB of
+/// `[0,0,0,…]` builds half a million values, tens of megabytes in memory.
+const MAX_BODY_JSON_VALUES: usize = 10 * (crate::graphql::limits::MAX_VARIABLE_VALUES + 16);
+
+/// An upper bound on the values in a JSON text: every value but the first
+/// follows a `[`, `{`, `,` or `:` outside a string.
+fn json_values(body: &[u8]) -> usize {
+    let (mut values, mut in_string, mut escaped) = (1, false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' | b':' => values += 1,
+                _ => {}
+            }
+        }
+    }
+    values
+}
+
 /// A body is a request (or a batch of them) only if each one has a `query`:
 /// async-graphql would take a missing one for an empty document.
 fn parse_body(body: &[u8]) -> Result<BatchRequest, String> {
+    if json_values(body) > MAX_BODY_JSON_VALUES {
+        return Err(format!("The body holds more than {MAX_BODY_JSON_VALUES} JSON values"));
+    }
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("The body is not JSON: {e}"))?;
     let has_query = |v: &serde_json::Value| v.get("query").is_some_and(serde_json::Value::is_string);
@@ -401,7 +432,7 @@ pub async fn get(
     if request.query.is_empty() {
         return reject(StatusCode::BAD_REQUEST, media, "BAD_REQUEST", "Missing query parameter");
     }
-    if operation_type(&request) == Some(OperationType::Mutation) {
+    if operation_type(&request, &state.app.config.limits) == Some(OperationType::Mutation) {
         let mut response =
             reject(StatusCode::METHOD_NOT_ALLOWED, media, "BAD_REQUEST", "Mutations must be sent with POST");
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -420,8 +451,14 @@ pub async fn get(
 }
 
 /// The type of the operation a request would run; `None` when the document
-/// does not parse or names no operation (execution reports that).
-fn operation_type(request: &Request) -> Option<OperationType> {
+/// does not parse, is over the token or nesting limits, or names no
+/// operation (execution reports each of those).
+fn operation_type(request: &Request, limits: &crate::config::Limits) -> Option<OperationType> {
+    // The URL is not bounded by the body limit: scan before parsing, as
+    // execution does, so a deep or long document costs a scan here too.
+    if !crate::graphql::limits::within_scan_limits(&request.query, limits.max_tokens) {
+        return None;
+    }
     let document = async_graphql::parser::parse_query(&request.query).ok()?;
     match (&document.operations, request.operation_name.as_deref()) {
         (DocumentOperations::Single(operation), _) => Some(operation.node.ty),
@@ -459,13 +496,26 @@ mod tests {
     }
 
     #[test]
+    fn bounds_the_values_of_a_json_body() {
+        assert_eq!(json_values(br#"{"query":"{ a }"}"#), 3);
+        assert_eq!(json_values(br#"{"query":"[,{:","variables":{"a":[1,2,3]}}"#), 10);
+        assert_eq!(json_values(br#"["a\"[,"]"#), 2, "escaped quotes stay in the string");
+        let huge =
+            format!(r#"{{"query":"{{ me {{ id }} }}","variables":{{"a":[{}0]}}}}"#, "0,".repeat(200_000));
+        assert!(parse_body(huge.as_bytes()).is_err_and(|e| e.contains("JSON values")));
+    }
+
+    #[test]
     fn finds_the_operation_type() {
         let op = |query: &str, name: Option<&str>| {
             let mut request = Request::new(query);
             if let Some(name) = name {
                 request = request.operation_name(name);
             }
-            operation_type(&request)
+            operation_type(
+                &request,
+                &crate::config::Config::for_database("sqlite://t.db").expect("config").limits,
+            )
         };
         assert_eq!(op("{ me { id } }", None), Some(OperationType::Query));
         assert_eq!(op("mutation { logoutEverywhere }", None), Some(OperationType::Mutation));

@@ -6,6 +6,7 @@ mod postgres;
 mod ws;
 
 mod accounts;
+mod adversaries;
 mod concurrency;
 mod http_surface;
 mod isolation;

@@ -1,0 +1,220 @@
+//! Small inputs that ask for big work, sent as an attacker would: each must
+//! be refused in about the time it takes to read it, with the server's
+//! memory flat and `/healthz` answering within a second throughout.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::TestApp;
+use crate::ws::{Incoming, WsClient};
+
+backend_tests!(
+    a_fragment_bomb_is_refused_on_every_transport,
+    a_fragment_bomb_in_a_mutation_writes_nothing,
+    fragment_cycles_and_chains_are_refused_before_validation,
+    huge_variables_are_refused,
+);
+
+/// `fragment F{n} on {on} { ...F{n-1} ×10 }`: about 100 bytes per level,
+/// 10^levels selections once expanded.
+fn fragment_bomb(operation: &str, on: &str, leaf: &str, levels: usize) -> String {
+    let mut document = format!("{operation} ...F{levels} }} fragment F0 on {on} {{ {leaf} }}");
+    for level in 1..=levels {
+        let spreads = format!("...F{} ", level - 1).repeat(10);
+        document.push_str(&format!(" fragment F{level} on {on} {{ {spreads}}}"));
+    }
+    document
+}
+
+/// The resident memory of this process (the server under test runs in it).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// Probes `/healthz` every 50 ms until `stop`; returns the slowest answer.
+async fn probe_health(app: &TestApp, stop: tokio::sync::watch::Receiver<bool>) -> Duration {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let mut slowest = Duration::ZERO;
+    while !*stop.borrow() {
+        let started = Instant::now();
+        let status = client.get(app.url("/healthz")).send().await.map(|r| r.status().as_u16());
+        assert_eq!(status.ok(), Some(200), "/healthz did not answer");
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    slowest
+}
+
+/// Runs `attack` while probing `/healthz`; asserts the probe never waited a
+/// second and the process grew by less than 64 MiB.
+async fn under_attack<F: std::future::Future<Output = ()>>(app: &TestApp, attack: F) {
+    let before = rss_bytes();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let probe = probe_health(app, stopped);
+    let attack = async {
+        tokio::time::timeout(Duration::from_secs(60), attack).await.expect("the attack was answered in time");
+        let _ = stop.send(true);
+    };
+    let (slowest, ()) = tokio::join!(probe, attack);
+    assert!(slowest < Duration::from_secs(1), "/healthz took {slowest:?} during the attack");
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(grown < 64 << 20, "the process grew by {} MiB", grown >> 20);
+}
+
+fn assert_refused(body: &Value) {
+    let code = body["errors"][0]["extensions"]["code"].as_str();
+    assert_eq!(code, Some("GRAPHQL_VALIDATION_FAILED"), "{body}");
+    assert!(body.get("data").is_none_or(Value::is_null), "{body}");
+}
+
+async fn a_fragment_bomb_is_refused_on_every_transport(app: TestApp) {
+    let user = app.signup("bomber@example.com").await;
+    // 1 KB of text; 10^9 selections expanded. Ten levels would be 10^10.
+    let bomb = fragment_bomb("query {", "Query", "__typename", 9);
+    assert!(bomb.len() < 1100, "{} bytes", bomb.len());
+    under_attack(&app, async {
+        let started = Instant::now();
+        // POST, anonymous and signed in, several at once.
+        let posts = (0..8).map(|i| {
+            let token = (i % 2 == 0).then_some(user.token.as_str());
+            app.gql(token, &bomb, json!({}))
+        });
+        for response in futures_util::future::join_all(posts).await {
+            assert_refused(&response.0);
+        }
+        // GET, in the URL.
+        let response = app
+            .client
+            .get(app.url("/graphql"))
+            .query(&[("query", bomb.as_str())])
+            .send()
+            .await
+            .expect("sent");
+        assert_refused(&response.json::<Value>().await.expect("JSON"));
+        // A batch of ten.
+        let batch: Vec<Value> = (0..10).map(|_| json!({"query": bomb})).collect();
+        let response = app.client.post(app.url("/graphql")).json(&batch).send().await.expect("sent");
+        let responses: Vec<Value> = response.json().await.expect("JSON array");
+        assert_eq!(responses.len(), 10);
+        responses.iter().for_each(assert_refused);
+        // A WebSocket `subscribe`, as a query and as a subscription.
+        let mut socket = WsClient::with_token(app.addr, &user.token).await;
+        socket.subscribe("q", &bomb).await;
+        let subscription = fragment_bomb("subscription {", "Subscription", "todoEvents { kind }", 9);
+        socket.subscribe("s", &subscription).await;
+        // async-graphql answers a refused document with `next` (errors, no
+        // data) and `complete`; `error` would do as well.
+        let mut refused = std::collections::HashSet::new();
+        let mut done = std::collections::HashSet::new();
+        while done.len() < 2 {
+            let Incoming::Message(message) = socket.next().await else { panic!("the socket closed") };
+            let id = message["id"].as_str().expect("id").to_owned();
+            match message["type"].as_str() {
+                Some("next") => {
+                    assert_refused(&message["payload"]);
+                    refused.insert(id);
+                }
+                Some("error") => {
+                    assert_eq!(message["payload"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED");
+                    refused.insert(id.clone());
+                    done.insert(id);
+                }
+                Some("complete") => {
+                    done.insert(id);
+                }
+                _ => panic!("unexpected {message}"),
+            }
+        }
+        assert_eq!(refused.len(), 2, "both refused");
+        socket.close().await;
+        // Refusing costs a scan and a memoized walk: milliseconds, not the
+        // minutes (and gigabytes) the expansion would take. Generous for a
+        // debug build on a busy machine.
+        let elapsed = started.elapsed();
+        assert!(elapsed < Duration::from_secs(20), "refusing took {elapsed:?}");
+    })
+    .await;
+    // The server still serves.
+    app.gql(Some(&user.token), "{ me { email } }", json!({})).await.ok();
+}
+
+async fn a_fragment_bomb_in_a_mutation_writes_nothing(app: TestApp) {
+    let user = app.signup("writer@example.com").await;
+    let bomb = fragment_bomb("mutation { createTodo(input: {title: \"boom\"}) {", "Todo", "id", 9).replacen(
+        "...F9 }",
+        "...F9 } }",
+        1,
+    );
+    under_attack(&app, async {
+        assert_refused(&app.gql(Some(&user.token), &bomb, json!({})).await.0);
+    })
+    .await;
+    assert_eq!(app.count_rows("SELECT count(*) FROM todos").await, 0, "nothing was written");
+}
+
+async fn fragment_cycles_and_chains_are_refused_before_validation(app: TestApp) {
+    // A cycle: validation's expanding visitors would recurse forever.
+    let cycle = "query { ...A } fragment A on Query { __typename ...B } fragment B on Query { ...A }";
+    let response = app.gql(None, cycle, json!({})).await;
+    response.expect_code("GRAPHQL_VALIDATION_FAILED");
+    assert!(response.message().is_some_and(|m| m.contains("within itself")), "{}", response.0);
+    // A chain of 200 fragments, each spreading the next: shallow text, deep
+    // execution.
+    let mut chain = String::from("query { ...F0 }");
+    for i in 0..200 {
+        chain.push_str(&format!(" fragment F{i} on Query {{ ...F{} }}", i + 1));
+    }
+    chain.push_str(" fragment F200 on Query { __typename }");
+    under_attack(&app, async {
+        app.gql(None, &chain, json!({})).await.expect_code("GRAPHQL_VALIDATION_FAILED");
+    })
+    .await;
+    // Many operations in one document all count toward the budget.
+    let operations: String =
+        (0..120).map(|i| format!("query Q{i} {{ {} }} ", "__typename ".repeat(45))).collect();
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&json!({"query": operations, "operationName": "Q0"}))
+        .send()
+        .await
+        .expect("sent");
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED", "{body}");
+}
+
+async fn huge_variables_are_refused(app: TestApp) {
+    let user = app.signup("variables@example.com").await;
+    let query = "{ me { id } }";
+    // Within the body limit, over the variables limit: refused, whatever
+    // the operation does with them.
+    let ids: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+    let response = app.gql(Some(&user.token), query, json!({"ids": ids})).await;
+    response.expect_code("GRAPHQL_VALIDATION_FAILED");
+    // Half a million values in 1 MiB: refused before parsing.
+    let body = format!(r#"{{"query":"{{ __typename }}","variables":{{"x":[{}0]}}}}"#, "0,".repeat(500_000));
+    under_attack(&app, async {
+        let response = app
+            .client
+            .post(app.url("/graphql"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_REQUEST", "{body}");
+    })
+    .await;
+    // An honest request with variables still works.
+    app.gql(Some(&user.token), query, json!({"ids": ["a", "b"]})).await.ok();
+}
