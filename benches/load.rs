@@ -311,6 +311,8 @@ impl TodoqlProcess {
             .env("JWT_SECRET", JWT_SECRET)
             // Production cost: logins are meant to be bcrypt-bound.
             .env("BCRYPT_COST", bcrypt_cost.to_string())
+            // Seeding signs up more accounts from one address than a real client would.
+            .env("SIGNUP_MAX_PER_ADDRESS", "0")
             // Per-request log lines would be a benchmark of the logger; the
             // address comes from todoql::app at info. JSON: one event a line.
             .env("RUST_LOG", "warn,todoql::app=info")

@@ -52,6 +52,8 @@ fn start_server(idle: usize) -> Server {
         .env("DATABASE_URL", &database_url)
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("BCRYPT_COST", "4")
+        // Seeding signs up more accounts from one address than a real client would.
+        .env("SIGNUP_MAX_PER_ADDRESS", "0")
         .env("MAX_SUBSCRIPTIONS", (idle + 1000).to_string())
         .env("MAX_SUBSCRIPTIONS_PER_USER", "100000")
         .env("RUST_LOG", "warn,todoql::app=info")

@@ -86,11 +86,8 @@ impl Server {
                 tracing::warn!("the event listener is not connected yet; subscriptions wait for it");
             }
         }
-        tokio::spawn(crate::auth::rate_limit::prune_forever(
-            app.db.clone(),
-            app.config.login_limits.window,
-            app.shutdown.subscribe(),
-        ));
+        crate::auth::follow_stored_hash_cost(&app.auth, &app.db).await;
+        tokio::spawn(crate::auth::rate_limit::prune_forever(Arc::clone(&app), app.shutdown.subscribe()));
         let schema = graphql::schema(app.clone(), &app.config.limits);
         let router = http::router(HttpState { app: app.clone(), schema });
         Ok(Self { listener, router, app })

@@ -115,10 +115,13 @@ pub struct ConfigArgs {
     /// The login rate-limit window (humantime).
     #[arg(long, env = "LOGIN_WINDOW", default_value = "15m", global = true)]
     pub login_window: String,
-    /// Use the first X-Forwarded-For address as the client address (only
-    /// behind a proxy that sets it).
-    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value = "false", global = true)]
+    /// Trusted proxies in front of the server: the client address is the
+    /// X-Forwarded-For entry that many hops from the right (0: the TCP peer).
+    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value = "0", global = true)]
     pub trust_forwarded_for: String,
+    /// Signups allowed per client address per hour (0: no limit).
+    #[arg(long, env = "SIGNUP_MAX_PER_ADDRESS", default_value = "100", global = true)]
+    pub signup_max_per_address: String,
     /// Maximum lexical tokens in a document.
     #[arg(long, env = "MAX_QUERY_TOKENS", default_value = "10000", global = true)]
     pub max_query_tokens: String,
@@ -242,7 +245,8 @@ pub struct Config {
     pub subscription_recheck: Duration,
     pub log_format: LogFormat,
     pub login_limits: crate::auth::rate_limit::LoginLimits,
-    pub trust_forwarded_for: bool,
+    /// Trusted proxies in front of the server (see `http::graphql::client_addr`).
+    pub trusted_proxies: usize,
     pub slow_request_threshold: Duration,
     pub dev: bool,
     pub limits: Limits,
@@ -275,6 +279,18 @@ fn parse_bool(name: &str, raw: &str) -> Result<bool, ConfigError> {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
         _ => Err(bad(format!("{name}: expected true or false, got {raw:?}"))),
+    }
+}
+
+/// A number of proxies. `true`/`false` were this setting's values before it
+/// counted proxies; they mean what they meant with one proxy in front.
+fn parse_trusted_proxies(raw: &str) -> Result<usize, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "false" | "no" | "off" => Ok(0),
+        "true" | "yes" | "on" => Ok(1),
+        _ => parse_number("TRUST_FORWARDED_FOR", raw).map_err(|_| {
+            bad(format!("TRUST_FORWARDED_FOR: expected the number of trusted proxies, got {raw:?}"))
+        }),
     }
 }
 
@@ -394,8 +410,9 @@ impl Config {
                     &args.login_max_failures_per_address,
                 )?,
                 window: parse_duration("LOGIN_WINDOW", &args.login_window)?,
+                signups_per_address: parse_number("SIGNUP_MAX_PER_ADDRESS", &args.signup_max_per_address)?,
             },
-            trust_forwarded_for: parse_bool("TRUST_FORWARDED_FOR", &args.trust_forwarded_for)?,
+            trusted_proxies: parse_trusted_proxies(&args.trust_forwarded_for)?,
             slow_request_threshold: parse_duration("SLOW_REQUEST_THRESHOLD", &args.slow_request_threshold)?,
             dev: args.dev,
             limits,
@@ -480,6 +497,14 @@ mod tests {
         assert_eq!(config.limits.max_body_bytes, 1 << 20);
         assert_eq!(config.limits.request_timeout, Duration::from_secs(30));
         assert!(config.jwt_secret.is_none());
+        assert_eq!(config.trusted_proxies, 0);
+        assert_eq!(config.login_limits.signups_per_address, 100);
+        assert_eq!(parse(&["--trust-forwarded-for", "2"]).expect("valid").trusted_proxies, 2);
+        assert_eq!(parse(&["--trust-forwarded-for", "true"]).expect("valid").trusted_proxies, 1);
+        assert_eq!(
+            parse(&["--signup-max-per-address", "0"]).expect("valid").login_limits.signups_per_address,
+            0
+        );
     }
 
     #[test]
@@ -496,6 +521,8 @@ mod tests {
         assert!(error(&["--log-format", "xml"]).contains("LOG_FORMAT"));
         assert!(error(&["--listen-addr", "nowhere"]).contains("LISTEN_ADDR"));
         assert!(error(&["--database-pool-size", "0"]).contains("DATABASE_POOL_SIZE"));
+        assert!(error(&["--trust-forwarded-for", "several"]).contains("TRUST_FORWARDED_FOR"));
+        assert!(error(&["--signup-max-per-address", "many"]).contains("SIGNUP_MAX_PER_ADDRESS"));
     }
 
     #[test]

@@ -25,9 +25,15 @@ pub async fn admit(db: &Db, keys: &[(String, i64)], since: DbTime) -> AppResult<
     let is_postgres = matches!(db.pools, Pools::Postgres(_));
     write!(db, |conn| {
         if is_postgres {
-            // Serialises attempts on the first key (the email) across
-            // instances; SQLite's single writer does that already.
-            if let Some((key, _)) = keys.first() {
+            // Serialises attempts on every key across instances (SQLite's
+            // single writer does that already): without the address's lock,
+            // concurrent attempts on different emails from one address could
+            // all read the same count. Sorted, so two attempts sharing keys
+            // take their locks in the same order and cannot deadlock.
+            let mut sorted: Vec<&str> = keys.iter().map(|(key, _)| key.as_str()).collect();
+            sorted.sort_unstable();
+            sorted.dedup();
+            for key in sorted {
                 diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
                     .bind::<diesel::sql_types::Text, _>(key)
                     .execute(conn)

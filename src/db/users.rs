@@ -96,6 +96,34 @@ pub async fn change_password(db: &Db, id: DbId, old_hash: &str, new_hash: &str) 
     })
 }
 
+/// Replaces the hash with the same password hashed at another cost, provided
+/// it is still `old_hash`. Tokens stay valid: the password did not change.
+pub async fn replace_hash(db: &Db, id: DbId, old_hash: &str, new_hash: &str) -> AppResult<()> {
+    write!(db, |conn| {
+        diesel::update(users::table.filter(users::id.eq(id).and(users::password_hash.eq(old_hash))))
+            .set(users::password_hash.eq(new_hash))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+}
+
+/// The bcrypt cost most stored hashes have (`$2b$NN$…`), if any account exists.
+pub async fn most_common_hash_cost(db: &Db) -> AppResult<Option<u32>> {
+    #[derive(QueryableByName)]
+    struct Cost {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        cost: String,
+    }
+    // Same text on both backends: substr and GROUP BY mean the same there.
+    const SQL: &str = "SELECT substr(password_hash, 5, 2) AS cost FROM users \
+                       GROUP BY substr(password_hash, 5, 2) ORDER BY count(*) DESC LIMIT 1";
+    let row: AppResult<Option<Cost>> =
+        read!(db, |conn| Ok(diesel::sql_query(SQL).get_result::<Cost>(conn).await.optional()?));
+    let row = row?;
+    Ok(row.and_then(|row| row.cost.parse().ok()))
+}
+
 /// Revokes every token issued so far. `None` when the account is gone.
 pub async fn bump_token_version(db: &Db, id: DbId) -> AppResult<Option<User>> {
     let now = DbTime::now();

@@ -81,7 +81,8 @@ impl UserMutation {
     /// Create an account and sign in. CONFLICT if the email is taken.
     async fn signup(&self, ctx: &Context<'_>, input: SignupInput) -> Result<AuthPayload> {
         let app = ctx.app();
-        Ok(app.auth.signup(&app.db, &input.email, &input.password).await?.into())
+        let client = ctx.data_opt::<ClientAddr>().copied();
+        Ok(app.auth.signup(&app.db, &input.email, &input.password, client).await?.into())
     }
 
     /// Sign in. UNAUTHENTICATED for an unknown email or a wrong password (same message for both).
@@ -95,8 +96,11 @@ impl UserMutation {
     async fn change_password(&self, ctx: &Context<'_>, input: ChangePasswordInput) -> Result<AuthPayload> {
         let app = ctx.app();
         let user = ctx.current_user()?;
-        let signed_in =
-            app.auth.change_password(&app.db, user, &input.current_password, &input.new_password).await?;
+        let client = ctx.data_opt::<ClientAddr>().copied();
+        let signed_in = app
+            .auth
+            .change_password(&app.db, user, &input.current_password, &input.new_password, client)
+            .await?;
         Ok(signed_in.into())
     }
 
@@ -111,7 +115,8 @@ impl UserMutation {
     async fn delete_account(&self, ctx: &Context<'_>, password: String) -> Result<bool> {
         let app = ctx.app();
         let user = ctx.current_user()?;
-        app.auth.delete_account(&app.db, user, &password).await?;
+        let client = ctx.data_opt::<ClientAddr>().copied();
+        app.auth.delete_account(&app.db, user, &password, client).await?;
         Ok(true)
     }
 }

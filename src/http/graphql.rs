@@ -186,20 +186,44 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
     headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-/// The client address: the TCP peer, or (only when configured, behind a
-/// proxy that sets it) the first `X-Forwarded-For` entry.
-fn client_addr(state: &HttpState, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<ClientAddr> {
-    if state.app.config.trust_forwarded_for {
-        let forwarded = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|first| first.trim().parse::<IpAddr>().ok());
-        if let Some(ip) = forwarded {
-            return Some(ClientAddr(ip));
-        }
+/// The client address. With no trusted proxy, the TCP peer. Behind
+/// `trusted_proxies` proxies, each appending the address it saw to
+/// `X-Forwarded-For`, the entry that many hops from the right: entries
+/// further left were written by the client and prove nothing. A shorter
+/// chain than configured gives its left-most entry (every entry came from a
+/// trusted hop); an unreadable entry falls back to the peer.
+pub(super) fn client_addr(
+    state: &HttpState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Option<ClientAddr> {
+    forwarded_client(state.app.config.trusted_proxies, headers, peer.map(|peer| peer.ip()))
+        .map(ClientAddr::new)
+}
+
+fn forwarded_client(trusted_proxies: usize, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+    if trusted_proxies == 0 {
+        return peer;
     }
-    peer.map(|peer| ClientAddr(peer.ip()))
+    // Several X-Forwarded-For headers are one list, in order.
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    let Some(entry) = entries.len().checked_sub(trusted_proxies).map_or(entries.first(), |i| entries.get(i))
+    else {
+        return peer;
+    };
+    parse_forwarded_ip(entry).or(peer)
+}
+
+/// `192.0.2.1`, `2001:db8::1`, and the forms with a port some proxies write
+/// (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
 }
 
 async fn execute(state: &HttpState, request: Request, caller: &Caller) -> Response {
@@ -493,6 +517,24 @@ mod tests {
             Media::negotiate(&headers("application/graphql-response+json;q=0, application/json")),
             Media::Json
         );
+    }
+
+    #[test]
+    fn the_client_is_as_many_hops_from_the_right_as_there_are_proxies() {
+        let peer: Option<IpAddr> = Some("10.0.0.1".parse().expect("ip"));
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 198.51.100.7"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("[2001:db8::5]:4711"));
+        let client = |proxies| forwarded_client(proxies, &headers, peer).map(|ip| ip.to_string());
+        assert_eq!(client(0).as_deref(), Some("10.0.0.1"), "no proxy: the peer");
+        assert_eq!(client(1).as_deref(), Some("2001:db8::5"), "the right-most entry");
+        assert_eq!(client(2).as_deref(), Some("198.51.100.7"));
+        assert_eq!(client(3).as_deref(), Some("6.6.6.6"));
+        assert_eq!(client(9).as_deref(), Some("6.6.6.6"), "a shorter chain: its left-most entry");
+        let mut garbage = HeaderMap::new();
+        garbage.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, not-an-ip"));
+        assert_eq!(forwarded_client(1, &garbage, peer).map(|ip| ip.to_string()).as_deref(), Some("10.0.0.1"));
+        assert_eq!(forwarded_client(1, &HeaderMap::new(), peer), peer, "no header: the peer");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 enum Storage {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
     Postgres(#[allow(dead_code)] TestDatabase),
+    /// Another instance's database, kept alive by that instance.
+    Shared,
 }
 
 pub struct TestApp {
@@ -89,6 +91,22 @@ impl TestApp {
                 (db.url.clone(), Storage::Postgres(db))
             }
         };
+        Some(Self::start(backend, url, storage, adjust).await)
+    }
+
+    /// A second instance on this one's database (same signing key), with
+    /// its own configuration: what a rolling restart with new settings does.
+    /// Drop it before `self`.
+    pub async fn spawn_sharing(&self, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start(self.backend, self.database_url.clone(), Storage::Shared, adjust).await
+    }
+
+    async fn start(
+        backend: Backend,
+        url: String,
+        storage: Storage,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let cli = todoql::Cli::try_parse_from(["todoql", "--database-url", &url, "--jwt-secret", JWT_SECRET])
             .expect("test arguments parse");
         let mut config = Config::from_args(&cli.args).expect("test configuration is valid");
@@ -101,14 +119,14 @@ impl TestApp {
         tokio::spawn(server.run_until(async move {
             let _ = stopped.await;
         }));
-        Some(Self {
+        Self {
             addr,
             backend,
             client: reqwest::Client::new(),
             database_url: url,
             _storage: storage,
             shutdown: Some(shutdown),
-        })
+        }
     }
 
     /// Starts the server's graceful shutdown, as SIGTERM does.

@@ -12,6 +12,7 @@ mod http_surface;
 mod isolation;
 mod observability;
 mod pagination;
+mod password_checks;
 mod rate_limit;
 mod subscriptions;
 mod todos;
