@@ -261,3 +261,59 @@ async fn concurrent_guesses_cannot_slip_past_the_address_limit() {
         assert_eq!(count(&codes, "RATE_LIMITED"), 35, "{backend:?}: {codes:?}");
     }
 }
+
+/// One client firing logins cannot make another client's login wait for
+/// all of them: each client queues behind itself for the bcrypt workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_storm_from_one_client_does_not_stall_another() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(app) = TestApp::spawn_with(backend, |config| {
+            config.trusted_proxies = 1;
+            config.bcrypt_concurrency = 1;
+            config.bcrypt_cost = 6;
+            config.login_limits.per_address = 1000;
+        })
+        .await
+        else {
+            continue;
+        };
+        let victim = app.signup("victim@example.com").await;
+        let login = |forwarded: &'static str, email: String, password: String| {
+            let app = &app;
+            async move {
+                let response = app
+                    .client
+                    .post(app.url("/graphql"))
+                    .header("x-forwarded-for", forwarded)
+                    .json(&json!({
+                        "query": "mutation($e: String!, $p: String!) { login(input: {email: $e, password: $p}) { token } }",
+                        "variables": {"e": email, "p": password},
+                    }))
+                    .send()
+                    .await
+                    .expect("sent");
+                Gql(response.json().await.expect("JSON"))
+            }
+        };
+        let started = Instant::now();
+        let storm = futures_util::future::join_all(
+            (0..60).map(|i| login("198.51.100.1", format!("storm{i}@example.com"), "some guess".into())),
+        );
+        let victim_login = async {
+            // Arrive once the storm is queued.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let started = Instant::now();
+            login("198.51.100.2", victim.email.clone(), victim.password.clone()).await.ok();
+            started.elapsed()
+        };
+        let (storm, waited) = tokio::join!(storm, victim_login);
+        let storm_took = started.elapsed();
+        assert!(storm.iter().all(|r| r.code() == Some("UNAUTHENTICATED")));
+        // First come, first served, the victim would wait for most of the
+        // storm's 60 hashes; sharing fairly, for about one of them.
+        assert!(
+            waited * 4 < storm_took,
+            "{backend:?}: the victim waited {waited:?} of the storm's {storm_took:?}"
+        );
+    }
+}
