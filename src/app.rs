@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 use crate::auth::Auth;
@@ -35,7 +36,7 @@ pub struct App {
 /// A bound, ready server. Binding happens in [`Server::build`], so the port
 /// is known (and connectable) before [`Server::run_until`] is awaited.
 pub struct Server {
-    listener: TcpListener,
+    listener: crate::http::listener::GuardedListener,
     router: axum::Router,
     app: Arc<App>,
 }
@@ -60,6 +61,12 @@ impl Server {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .map_err(|e| AppError::Internal(format!("cannot listen on {}: {e}", config.listen_addr)))?;
+        let mut connection_limits = config.connections;
+        if config.trusted_proxies > 0 {
+            // Every peer is a proxy: a per-address cap would cap the proxy.
+            connection_limits.max_per_address = 0;
+        }
+        let listener = crate::http::listener::GuardedListener::new(listener, connection_limits);
         let app = Arc::new(App {
             config,
             db,
@@ -109,7 +116,9 @@ impl Server {
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let app = Arc::clone(&self.app);
         let serve =
-            axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+            // `tap_io` (which does nothing here) is what gives a custom
+            // listener's connections their peer address as `ConnectInfo`.
+            axum::serve(self.listener.tap_io(|_| {}), self.router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move {
                     shutdown.await;
                     tracing::info!("shutting down: finishing in-flight requests, closing subscriptions");

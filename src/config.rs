@@ -119,6 +119,16 @@ pub struct ConfigArgs {
     /// X-Forwarded-For entry that many hops from the right (0: the TCP peer).
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value = "0", global = true)]
     pub trust_forwarded_for: String,
+    /// Open TCP connections allowed for the whole server.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "10000", global = true)]
+    pub max_connections: String,
+    /// Open TCP connections allowed from one peer address (0: no limit;
+    /// not applied behind trusted proxies, where every peer is a proxy).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value = "1000", global = true)]
+    pub max_connections_per_address: String,
+    /// A connection with no byte in either direction for this long is closed.
+    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT", default_value = "60s", global = true)]
+    pub connection_idle_timeout: String,
     /// Signups allowed per client address per hour (0: no limit).
     #[arg(long, env = "SIGNUP_MAX_PER_ADDRESS", default_value = "100", global = true)]
     pub signup_max_per_address: String,
@@ -247,6 +257,7 @@ pub struct Config {
     pub login_limits: crate::auth::rate_limit::LoginLimits,
     /// Trusted proxies in front of the server (see `http::graphql::client_addr`).
     pub trusted_proxies: usize,
+    pub connections: crate::http::listener::ConnectionLimits,
     pub slow_request_threshold: Duration,
     pub dev: bool,
     pub limits: Limits,
@@ -413,6 +424,14 @@ impl Config {
                 signups_per_address: parse_number("SIGNUP_MAX_PER_ADDRESS", &args.signup_max_per_address)?,
             },
             trusted_proxies: parse_trusted_proxies(&args.trust_forwarded_for)?,
+            connections: crate::http::listener::ConnectionLimits {
+                max_total: parse_number("MAX_CONNECTIONS", &args.max_connections)?,
+                max_per_address: parse_number(
+                    "MAX_CONNECTIONS_PER_ADDRESS",
+                    &args.max_connections_per_address,
+                )?,
+                idle_timeout: parse_duration("CONNECTION_IDLE_TIMEOUT", &args.connection_idle_timeout)?,
+            },
             slow_request_threshold: parse_duration("SLOW_REQUEST_THRESHOLD", &args.slow_request_threshold)?,
             dev: args.dev,
             limits,

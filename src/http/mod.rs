@@ -3,6 +3,7 @@
 pub mod graphiql;
 pub mod graphql;
 pub mod health;
+pub mod listener;
 pub mod metrics;
 pub mod websocket;
 

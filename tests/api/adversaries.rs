@@ -218,3 +218,83 @@ async fn huge_variables_are_refused(app: TestApp) {
     // An honest request with variables still works.
     app.gql(Some(&user.token), query, json!({"ids": ["a", "b"]})).await.ok();
 }
+
+/// Opens a TCP connection to `app` from the loopback address `source`.
+async fn connect_from(app: &TestApp, source: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(format!("{source}:0").parse().expect("source address")).expect("bind");
+    socket.connect(app.addr).await.expect("connect")
+}
+
+/// Whether the server closes `stream` (EOF or reset) within `wait`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0_u8; 1024];
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // An error response before closing is fine.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_trickling_connections_are_closed() {
+    use tokio::io::AsyncWriteExt as _;
+    let Some(app) = TestApp::spawn_with(crate::helpers::Backend::Sqlite, |config| {
+        config.connections.idle_timeout = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    under_attack(&app, async {
+        // Says nothing at all.
+        let mut silent = connect_from(&app, "127.0.0.1").await;
+        // Starts a request and stops halfway through its headers.
+        let mut slowloris = connect_from(&app, "127.0.0.1").await;
+        slowloris.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("sent");
+        // Far longer than the idle timeout; the point is that it ends.
+        assert!(closed_within(&mut silent, Duration::from_secs(20)).await, "the silent connection is open");
+        assert!(closed_within(&mut slowloris, Duration::from_secs(20)).await, "the slowloris is open");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let Some(app) = TestApp::spawn_with(crate::helpers::Backend::Sqlite, |config| {
+        config.connections.max_per_address = 20;
+    })
+    .await
+    else {
+        return;
+    };
+    under_attack(&app, async {
+        // The attacker holds its 20 from 127.0.0.2 (a loopback address of
+        // its own); the 21st is closed at once.
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            held.push(connect_from(&app, "127.0.0.2").await);
+        }
+        let mut extra = connect_from(&app, "127.0.0.2").await;
+        assert!(closed_within(&mut extra, Duration::from_secs(10)).await, "the 21st connection was kept");
+        // Everyone else (the health probe runs from 127.0.0.1) is served.
+        app.gql(None, "{ __typename }", json!({})).await.ok();
+        // Closing frees the slots.
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut again = connect_from(&app, "127.0.0.2").await;
+            if !closed_within(&mut again, Duration::from_millis(300)).await {
+                break;
+            }
+            assert!(Instant::now() < deadline, "slots were not freed");
+        }
+    })
+    .await;
+}
