@@ -215,6 +215,33 @@ async fn huge_variables_are_refused(app: TestApp) {
         assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_REQUEST", "{body}");
     })
     .await;
+    // Deeply nested JSON: refused by the JSON reader's depth limit, never a
+    // stack overflow, on POST and over a WebSocket.
+    let deep = format!(
+        r#"{{"query":"{{ __typename }}","variables":{{"x":{}1{}}}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+    let mut socket = WsClient::with_token(app.addr, &user.token).await;
+    let deep_message = format!(
+        r#"{{"id":"d","type":"subscribe","payload":{{"query":"{{ __typename }}","variables":{{"x":{}1{}}}}}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    socket.send_raw(deep_message).await;
+    // Whatever the protocol makes of it (an error, or closing with 4400),
+    // the server carries on.
+    let _ = socket.next_within(Duration::from_secs(5)).await;
+    app.gql(Some(&user.token), "{ me { id } }", json!({})).await.ok();
     // An honest request with variables still works.
     app.gql(Some(&user.token), query, json!({"ids": ["a", "b"]})).await.ok();
 }

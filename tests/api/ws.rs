@@ -55,6 +55,11 @@ impl WsClient {
         self.socket.send(Message::Text(message.to_string().into())).await.expect("sent");
     }
 
+    /// Sends text as it is, JSON or not.
+    pub async fn send_raw(&mut self, text: String) {
+        self.socket.send(Message::Text(text.into())).await.expect("sent");
+    }
+
     pub async fn subscribe(&mut self, id: &str, query: &str) {
         self.send(json!({"id": id, "type": "subscribe", "payload": {"query": query}})).await;
     }
