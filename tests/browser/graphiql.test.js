@@ -4,14 +4,14 @@
 // the Run button, then paste the token into the Headers editor and ask `me`.
 //
 //   npm ci
-//   TODOQL_BIN=path/to/todoql npm test     (default ../../target/debug/todoql)
+//   TODOQL_BIN=path/to/todoql npm test     (default: debug/todoql in cargo's target folder)
 //   CHROMIUM_PATH=/path/to/chromium        (default /usr/bin/chromium)
 //
 // Screenshots go to screenshots/ (graphiql.png after signup, graphiql-me.png
 // after `me`, failure.png when a step fails). The whole run is bounded by a
 // 60 s watchdog; any failure exits non-zero.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -36,9 +36,27 @@ const SIGNUP = `mutation {
 }`;
 const ME = "{\n  me { email }\n}";
 
-/** $TODOQL_BIN (relative paths are taken from this folder), else the debug build. */
+/**
+ * Cargo's target folder for this workspace. It is not always ../../target
+ * (CARGO_TARGET_DIR, build.target-dir), so ask cargo; without cargo on PATH,
+ * fall back to the default.
+ */
+function targetDir() {
+  try {
+    const metadata = execFileSync("cargo", ["metadata", "--format-version", "1", "--no-deps"], {
+      cwd: resolve(packageDir, "../.."),
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    return JSON.parse(metadata).target_directory;
+  } catch {
+    return resolve(packageDir, "../../target");
+  }
+}
+
+/** $TODOQL_BIN (relative paths are taken from this folder), else the workspace's debug build. */
 function serverBinary() {
-  const path = resolve(packageDir, process.env.TODOQL_BIN || "../../target/debug/todoql");
+  const path = process.env.TODOQL_BIN ? resolve(packageDir, process.env.TODOQL_BIN) : join(targetDir(), "debug", "todoql");
   if (!existsSync(path)) throw new Error(`todoql binary not found at ${path}: build it or set TODOQL_BIN`);
   return path;
 }

@@ -5,7 +5,7 @@
 //   TODOQL_BIN=path/to/todoql node audit.js              text table
 //   TODOQL_BIN=path/to/todoql node audit.js --markdown   Markdown table (for RESULTS.md)
 //   TODOQL_URL=http://host:port/graphql node audit.js    audit a server already running
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -15,9 +15,27 @@ import { serverAudits } from "graphql-http";
 const packageDir = fileURLToPath(new URL(".", import.meta.url));
 const markdown = process.argv.includes("--markdown");
 
-/** $TODOQL_BIN, else the workspace's debug build. */
+/**
+ * Cargo's target folder for this workspace. It is not always ../../target
+ * (CARGO_TARGET_DIR, build.target-dir), so ask cargo; without cargo on PATH,
+ * fall back to the default.
+ */
+function targetDir() {
+  try {
+    const metadata = execFileSync("cargo", ["metadata", "--format-version", "1", "--no-deps"], {
+      cwd: resolve(packageDir, "../.."),
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    return JSON.parse(metadata).target_directory;
+  } catch {
+    return resolve(packageDir, "../../target");
+  }
+}
+
+/** $TODOQL_BIN (relative paths are taken from this folder), else the workspace's debug build. */
 function serverBinary() {
-  const path = resolve(packageDir, process.env.TODOQL_BIN || "../../target/debug/todoql");
+  const path = process.env.TODOQL_BIN ? resolve(packageDir, process.env.TODOQL_BIN) : join(targetDir(), "debug", "todoql");
   if (!existsSync(path)) {
     throw new Error(`todoql binary not found at ${path}: build it or set TODOQL_BIN`);
   }

@@ -1,5 +1,5 @@
 // Starts a real todoql binary on a fresh SQLite file and a free port.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -16,11 +16,30 @@ export interface RunningServer {
 /** This package's folder (tests/clients): compiled files live in dist/. */
 const packageDir = fileURLToPath(new URL("..", import.meta.url));
 
+/**
+ * Cargo's target folder for this workspace. It is not always ../../target
+ * (CARGO_TARGET_DIR, build.target-dir), so ask cargo; without cargo on PATH,
+ * fall back to the default.
+ */
+function targetDir(): string {
+  try {
+    const metadata = execFileSync("cargo", ["metadata", "--format-version", "1", "--no-deps"], {
+      cwd: resolve(packageDir, "../.."),
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    return (JSON.parse(metadata) as { target_directory: string }).target_directory;
+  } catch {
+    return resolve(packageDir, "../../target");
+  }
+}
+
 /** $TODOQL_BIN, else the workspace's release build, else its debug build. */
 export function serverBinary(): string {
   const fromEnv = process.env.TODOQL_BIN;
   if (fromEnv) return resolve(fromEnv);
-  const candidates = ["release", "debug"].map((profile) => resolve(packageDir, "../../target", profile, "todoql"));
+  const target = targetDir();
+  const candidates = ["release", "debug"].map((profile) => resolve(target, profile, "todoql"));
   const found = candidates.find((path) => existsSync(path));
   if (!found) {
     throw new Error(`todoql binary not found (tried ${candidates.join(", ")}): run cargo build --release or set TODOQL_BIN`);
