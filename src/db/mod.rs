@@ -29,9 +29,11 @@ pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 pub type PgPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 pub type SqlitePool = bb8::Pool<AsyncDieselConnectionManager<SqliteConn>>;
 
-/// How long a request waits for a pooled connection before it gives up with
-/// SERVICE_UNAVAILABLE: long enough to ride out a burst, short enough that an
-/// exhausted pool or a dead database never hangs a client.
+/// How long a request waits for a pooled PostgreSQL connection before it
+/// gives up with SERVICE_UNAVAILABLE: long enough to ride out a burst, short
+/// enough that a dead database server never hangs a client. bb8 does not hand
+/// a failed connect to its waiters, it retries until this runs out, so this
+/// is also how fast a request learns that PostgreSQL is down.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
 /// SQLite waits this long for a lock before failing with "database is locked".
@@ -228,15 +230,24 @@ impl Pools {
                 }
                 let url = path.to_string_lossy().into_owned();
                 let readers = config.database_pool_size.map_or(2 * cores, |n| n.saturating_sub(1).max(1));
-                let writer = sqlite_pool(&url, 1);
-                let readers = sqlite_pool(&url, readers);
+                // A SQLite pool has no server that can be down: waiting for
+                // one of its connections only ever means queueing behind this
+                // process's own work, above all behind the single writer. A
+                // burst of writers (256 at once on a busy debug build took
+                // more than 5 s) must queue and succeed, so the wait is bounded
+                // by the request's own deadline (which answers TIMEOUT), not by
+                // a shorter arbitrary one; it still bounds callers outside a
+                // request (CLI, background pruning).
+                let wait = config.limits.request_timeout;
+                let writer = sqlite_pool(&url, 1, wait);
+                let readers = sqlite_pool(&url, readers, wait);
                 Ok(Self::Sqlite { writer, readers })
             }
         }
     }
 }
 
-fn sqlite_pool(url: &str, size: u32) -> SqlitePool {
+fn sqlite_pool(url: &str, size: u32, wait: Duration) -> SqlitePool {
     let mut manager_config = ManagerConfig::<SqliteConn>::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(|url| {
@@ -257,12 +268,71 @@ fn sqlite_pool(url: &str, size: u32) -> SqlitePool {
         .boxed()
     });
     let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
-    bb8::Pool::builder().max_size(size).connection_timeout(POOL_WAIT).build_unchecked(manager)
+    bb8::Pool::builder().max_size(size).connection_timeout(wait).build_unchecked(manager)
 }
 
 #[cfg(test)]
 mod tests {
-    use diesel::{Connection as _, RunQueryDsl as _, SqliteConnection};
+    use std::time::{Duration, Instant};
+
+    use diesel::{Connection as _, SqliteConnection};
+
+    use super::{Db, Pools};
+    use crate::config::Config;
+    use crate::error::AppError;
+
+    async fn sqlite_db(dir: &tempfile::TempDir, request_timeout: Duration) -> Db {
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let mut config = Config::for_database(&url).expect("config");
+        config.limits.request_timeout = request_timeout;
+        Db::connect(&config).await.expect("pools")
+    }
+
+    /// Holds SQLite's one writer connection for `hold`, then releases it.
+    fn hold_writer(db: &Db, hold: Duration) -> tokio::task::JoinHandle<()> {
+        let Pools::Sqlite { writer, .. } = db.pools.clone() else { unreachable!("a SQLite database") };
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = tokio::spawn(async move {
+            let connection = writer.get_owned().await.expect("writer");
+            held_tx.send(()).expect("signal");
+            tokio::time::sleep(hold).await;
+            drop(connection);
+        });
+        held_rx.recv().expect("writer held");
+        holder
+    }
+
+    async fn one_write(db: &Db) -> Result<(), AppError> {
+        use diesel_async::RunQueryDsl as _;
+        // The macro defined above (textual scope), not std's `write!`.
+        write!(db, |conn| {
+            diesel::sql_query("SELECT 1").execute(conn).await?;
+            Ok(())
+        })
+    }
+
+    /// A writer queued behind a busy writer waits as long as a request may
+    /// (not an arbitrary 5 s pool wait: that failed bursts of writers on a
+    /// busy machine), and no longer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_writers_queue_for_the_request_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sqlite_db(&dir, Duration::from_secs(30)).await;
+        let holder = hold_writer(&db, Duration::from_secs(6));
+        let started = Instant::now();
+        one_write(&db).await.expect("the queued write succeeds once the writer is free");
+        assert!(started.elapsed() >= Duration::from_secs(5), "{:?}", started.elapsed());
+        holder.await.expect("holder");
+
+        let db = sqlite_db(&dir, Duration::from_secs(1)).await;
+        let holder = hold_writer(&db, Duration::from_secs(4));
+        let started = Instant::now();
+        let refused = one_write(&db).await;
+        assert!(matches!(refused, Err(AppError::Unavailable(_))), "{refused:?}");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "{waited:?}");
+        holder.await.expect("holder");
+    }
 
     #[derive(diesel::QueryableByName)]
     struct CompileOption {
@@ -274,6 +344,7 @@ mod tests {
     /// LIMIT is re-prepared on each execution.
     #[test]
     fn bundled_sqlite_keeps_plans_stable() {
+        use diesel::RunQueryDsl as _;
         let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
         let options: Vec<CompileOption> =
             diesel::sql_query("PRAGMA compile_options").load(&mut conn).expect("compile options");
