@@ -526,7 +526,8 @@ async fn insert_directly(database_url: &str, owner: &str, count: usize) {
             async move {
                 let new =
                     NewTodo { title: format!("deep todo {i}"), description: None, completed: i % 4 == 0 };
-                todoql::db::todos::insert(&db, owner, new).await
+                // No quota: the deep user is meant to be far above it.
+                todoql::db::todos::insert(&db, owner, new, None).await
             }
         })
         .buffer_unordered(16)
@@ -560,6 +561,8 @@ mod baseline {
     struct Shared {
         db: Db,
         keys: TokenKeys,
+        /// `MAX_TODOS_PER_USER`, checked like the server does.
+        max_todos_per_user: Option<u32>,
         /// Also load the user, like todoql's revocation check does.
         user_lookup: bool,
     }
@@ -601,7 +604,8 @@ mod baseline {
                     // The same pools, sized by the same defaults as the server's.
                     let db = Db::connect(&config).await.expect("baseline pools");
                     let keys = TokenKeys::new(&Secret::new(super::JWT_SECRET), config.jwt_ttl);
-                    let shared = Arc::new(Shared { db, keys, user_lookup });
+                    let max_todos_per_user = config.max_todos_per_user;
+                    let shared = Arc::new(Shared { db, keys, max_todos_per_user, user_lookup });
                     let router = Router::new()
                         .route("/list", post(list))
                         .route("/get", post(get))
@@ -745,7 +749,7 @@ mod baseline {
         let owner = caller(&shared, &headers).await?;
         let title = todos::parse_title(body.variables.title.as_deref().unwrap_or_default())?;
         let new = NewTodo { title, description: None, completed: false };
-        let todo = todoql::db::todos::insert(&shared.db, owner, new).await?;
+        let todo = todoql::db::todos::insert(&shared.db, owner, new, shared.max_todos_per_user).await?;
         Ok(json_response(json!({"data": {"createTodo": node(&todo)}})))
     }
 }

@@ -150,6 +150,9 @@ pub struct ConfigArgs {
     /// Whether schema introspection is allowed.
     #[arg(long, env = "INTROSPECTION", default_value = "true", global = true)]
     pub introspection: String,
+    /// Todos one account may have; a create beyond it is QUOTA_EXCEEDED (0: no limit).
+    #[arg(long, env = "MAX_TODOS_PER_USER", default_value = "10000", global = true)]
+    pub max_todos_per_user: String,
 }
 
 /// Where the data lives.
@@ -253,6 +256,9 @@ pub struct Config {
     pub subscriptions_per_user: usize,
     pub subscriptions_per_instance: usize,
     pub subscription_recheck: Duration,
+    /// Todos one account may have (`None`: no limit). It also bounds what a
+    /// `search` or `totalCount` of one user can scan.
+    pub max_todos_per_user: Option<u32>,
     pub log_format: LogFormat,
     pub login_limits: crate::auth::rate_limit::LoginLimits,
     /// Trusted proxies in front of the server (see `http::graphql::client_addr`).
@@ -413,6 +419,10 @@ impl Config {
             )?,
             subscriptions_per_instance: parse_number("MAX_SUBSCRIPTIONS", &args.max_subscriptions)?,
             subscription_recheck: parse_duration("SUBSCRIPTION_RECHECK", &args.subscription_recheck)?,
+            max_todos_per_user: match parse_number::<u32>("MAX_TODOS_PER_USER", &args.max_todos_per_user)? {
+                0 => None,
+                limit => Some(limit),
+            },
             log_format,
             login_limits: crate::auth::rate_limit::LoginLimits {
                 per_email: parse_number("LOGIN_MAX_FAILURES_PER_EMAIL", &args.login_max_failures_per_email)?,
@@ -515,6 +525,7 @@ mod tests {
         assert_eq!(config.limits.max_batch_size, 10);
         assert_eq!(config.limits.max_body_bytes, 1 << 20);
         assert_eq!(config.limits.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_todos_per_user, Some(10_000));
         assert!(config.jwt_secret.is_none());
         assert_eq!(config.trusted_proxies, 0);
         assert_eq!(config.login_limits.signups_per_address, 100);
@@ -524,6 +535,15 @@ mod tests {
             parse(&["--signup-max-per-address", "0"]).expect("valid").login_limits.signups_per_address,
             0
         );
+    }
+
+    #[test]
+    fn todo_quota() {
+        assert_eq!(parse(&["--max-todos-per-user", "3"]).expect("valid").max_todos_per_user, Some(3));
+        assert_eq!(parse(&["--max-todos-per-user", "0"]).expect("valid").max_todos_per_user, None);
+        assert!(error(&["--max-todos-per-user=-1"]).contains("MAX_TODOS_PER_USER"));
+        assert!(error(&["--max-todos-per-user", "lots"]).contains("MAX_TODOS_PER_USER"));
+        assert!(error(&["--max-todos-per-user", "4294967296"]).contains("MAX_TODOS_PER_USER"));
     }
 
     #[test]

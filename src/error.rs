@@ -20,6 +20,7 @@ pub enum ErrorCode {
     RateLimited,
     ServiceUnavailable,
     TooManySubscriptions,
+    QuotaExceeded,
     EventsLost,
     InternalServerError,
 }
@@ -34,6 +35,7 @@ impl ErrorCode {
             Self::RateLimited => "RATE_LIMITED",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
+            Self::QuotaExceeded => "QUOTA_EXCEEDED",
             Self::EventsLost => "EVENTS_LOST",
             Self::InternalServerError => "INTERNAL_SERVER_ERROR",
         }
@@ -62,6 +64,10 @@ pub enum AppError {
     EventsLost,
     /// A cap on open subscriptions was reached.
     TooManySubscriptions(&'static str),
+    /// The caller already has `limit` todos (`MAX_TODOS_PER_USER`).
+    QuotaExceeded {
+        limit: u32,
+    },
     /// Anything unexpected. The detail is logged, never sent.
     Internal(String),
 }
@@ -87,6 +93,7 @@ impl AppError {
             Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
             Self::EventsLost => ErrorCode::EventsLost,
             Self::TooManySubscriptions(_) => ErrorCode::TooManySubscriptions,
+            Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             Self::Internal(_) => ErrorCode::InternalServerError,
         }
     }
@@ -104,6 +111,9 @@ impl AppError {
             }
             Self::Unavailable(_) => "The service is temporarily unavailable; try again".to_owned(),
             Self::EventsLost => "Events may have been missed; re-fetch and subscribe again".to_owned(),
+            Self::QuotaExceeded { limit } => {
+                format!("You have reached the limit of {limit} todos; delete some to create more")
+            }
             Self::Internal(_) => INTERNAL_MESSAGE.to_owned(),
         }
     }
@@ -202,6 +212,9 @@ mod tests {
         assert_eq!(code_of(&gql).as_deref(), Some("RATE_LIMITED"));
         let retry = gql.extensions.as_ref().and_then(|e| e.get("retryAfter").cloned());
         assert_eq!(retry, Some(async_graphql::Value::from(42u64)));
+        let gql: async_graphql::Error = AppError::QuotaExceeded { limit: 10_000 }.into();
+        assert_eq!(code_of(&gql).as_deref(), Some("QUOTA_EXCEEDED"));
+        assert!(gql.message.contains("10000"), "{}", gql.message);
     }
 
     trait IntoApp {

@@ -5,8 +5,8 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::types::{DbId, DbTime};
-use super::{Db, read, write_announced};
-use crate::error::AppResult;
+use super::{Db, Pools, read, write_announced};
+use crate::error::{AppError, AppResult};
 use crate::events::{Notice, TodoChange};
 use crate::todos::{
     CursorKey, Direction, NewTodo, OrderField, PageRequest, Todo, TodoFilter, TodoPatch, fold,
@@ -109,12 +109,49 @@ pub async fn count(db: &Db, owner: DbId, filter: &TodoFilter) -> AppResult<i64> 
     })
 }
 
-pub async fn insert(db: &Db, owner: DbId, new: NewTodo) -> AppResult<Todo> {
+/// Inserts a todo unless the owner already has `limit` of them
+/// (`QUOTA_EXCEEDED`, nothing written).
+///
+/// The quota is checked inside the insert's transaction, with the owner's
+/// creates serialised, so concurrent creates cannot overshoot it: SQLite has
+/// one writer and `BEGIN IMMEDIATE`; on PostgreSQL the owner's `users` row is
+/// locked (`FOR NO KEY UPDATE`: it queues the owner's other creates, on any
+/// instance, but not the foreign-key checks of their inserts). Holding every
+/// user to `MAX_TODOS_PER_USER` also bounds what one user's `search` and
+/// `totalCount` can ever scan.
+pub async fn insert(db: &Db, owner: DbId, new: NewTodo, limit: Option<u32>) -> AppResult<Todo> {
     let now = DbTime::now();
     let id = DbId::new();
     let title_search = fold(&new.title);
     let description_search = new.description.as_deref().map(fold).unwrap_or_default();
+    let is_postgres = matches!(db.pools, Pools::Postgres(_));
+    let owner_text = owner.0.hyphenated().to_string();
     write_announced!(db, |conn| {
+        if let Some(limit) = limit {
+            if is_postgres {
+                // Bound as text so that this one body compiles for both
+                // backends (it only runs on PostgreSQL).
+                diesel::sql_query("SELECT 1 FROM users WHERE id = $1::uuid FOR NO KEY UPDATE")
+                    .bind::<diesel::sql_types::Text, _>(&owner_text)
+                    .execute(conn)
+                    .await?;
+            }
+            // Is there a `limit`-th todo? Like a count scoped to the owner,
+            // but it reads at most `limit` index entries even for an owner
+            // who is above a limit that was lowered.
+            let at_limit = todos::table
+                .filter(todos::owner_id.eq(owner))
+                .select(todos::id)
+                .offset(i64::from(limit) - 1)
+                .limit(1)
+                .first::<DbId>(conn)
+                .await
+                .optional()?
+                .is_some();
+            if at_limit {
+                return Err(AppError::QuotaExceeded { limit });
+            }
+        }
         let todo = diesel::insert_into(todos::table)
             .values((
                 todos::id.eq(id),

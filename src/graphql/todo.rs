@@ -234,7 +234,7 @@ impl TodoMutation {
             description: todos::parse_description(input.description)?,
             completed: input.completed.unwrap_or(false),
         };
-        let todo = db::todos::insert(&app.db, user.id, new).await?;
+        let todo = db::todos::insert(&app.db, user.id, new, app.config.max_todos_per_user).await?;
         Ok(Todo(todo))
     }
 

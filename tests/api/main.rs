@@ -13,6 +13,7 @@ mod isolation;
 mod observability;
 mod pagination;
 mod password_checks;
+mod quota;
 mod rate_limit;
 mod subscriptions;
 mod todos;
