@@ -171,6 +171,23 @@ pub struct Cursor {
 
 const CURSOR_VERSION: &str = "v1";
 
+/// The instant in a time cursor, if both backends can take it and order it
+/// alike. SQLite keeps instants as fixed-width RFC 3339 text, which sorts like
+/// the instant only for RFC 3339's years 0000 to 9999 (year 10000 is written
+/// `+10000-…` and sorts before year 0000), while PostgreSQL compares real
+/// timestamps: the same crafted cursor used to give the two backends
+/// different pages. A leap second (`23:59:60`, which chrono accepts) is kept
+/// as second 60 in SQLite's text but lands in the next minute on PostgreSQL.
+/// No cursor the server issues is outside the range or on a leap second, so
+/// such a cursor was crafted and is refused like any other invalid one.
+fn cursor_time(text: &str) -> Option<DbTime> {
+    use chrono::{Datelike as _, Timelike as _};
+    let time = DbTime::parse_rfc3339(text)?;
+    let utc = time.get();
+    let representable = (0..=9999).contains(&utc.year()) && utc.nanosecond() < 1_000_000_000;
+    representable.then_some(time)
+}
+
 impl Cursor {
     pub fn for_todo(order: TodoOrder, todo: &Todo) -> Self {
         let key = match order.field {
@@ -226,7 +243,7 @@ impl Cursor {
         let id = uuid::Uuid::parse_str(id).map(DbId).map_err(|_| invalid())?;
         let key = match field {
             OrderField::CreatedAt | OrderField::UpdatedAt => {
-                CursorKey::Time(DbTime::parse_rfc3339(key).ok_or_else(invalid)?)
+                CursorKey::Time(cursor_time(key).ok_or_else(invalid)?)
             }
             OrderField::Title if key.contains('\0') => return Err(invalid()),
             OrderField::Title => CursorKey::Title(key.to_owned()),
@@ -300,6 +317,23 @@ mod tests {
         assert!(Cursor::decode(&cursor, other).is_err());
         for garbage in ["", "xyz", "!!!", &URL_SAFE_NO_PAD.encode("v1|cd|not-a-uuid|x")] {
             assert!(Cursor::decode(garbage, TodoOrder::default()).is_err(), "{garbage}");
+        }
+    }
+
+    #[test]
+    fn cursor_times_outside_years_0000_to_9999_are_refused() {
+        let cursor = |key: &str| URL_SAFE_NO_PAD.encode(format!("v1|cd|{}|{key}", DbId::new().0));
+        for key in ["0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "2026-06-01T12:00:00+14:00"] {
+            assert!(Cursor::decode(&cursor(key), TodoOrder::default()).is_ok(), "{key}");
+        }
+        for key in [
+            "9999-12-31T23:59:59-00:01",
+            "0000-01-01T00:00:00+00:01",
+            "10000-01-01T00:00:00Z",
+            "-0001-01-01T00:00:00Z",
+            "2016-12-31T23:59:60Z",
+        ] {
+            assert!(Cursor::decode(&cursor(key), TodoOrder::default()).is_err(), "{key}");
         }
     }
 

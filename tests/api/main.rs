@@ -8,6 +8,7 @@ mod ws;
 mod accounts;
 mod adversaries;
 mod concurrency;
+mod cursors;
 mod http_surface;
 mod isolation;
 mod observability;
