@@ -38,16 +38,35 @@ pub async fn run(url: &DatabaseUrl) -> AppResult<usize> {
             let mut conn = diesel::SqliteConnection::establish(&path.to_string_lossy()).map_err(|e| {
                 AppError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display()))
             })?;
-            diesel::connection::SimpleConnection::batch_execute(
-                &mut conn,
-                "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;",
-            )
-            .map_err(|e| AppError::Internal(format!("cannot configure SQLite: {e}")))?;
-            apply(&mut conn, SQLITE)
+            configure_sqlite(&mut conn)?;
+            // Processes starting together on one new file take turns, as on
+            // PostgreSQL: the write lock is taken before looking for pending
+            // migrations, so the second finds none instead of failing on
+            // "table already exists". Each migration's own transaction
+            // becomes a savepoint inside this one.
+            conn.immediate_transaction(|conn| apply(conn, SQLITE))
         }
     })
     .await
     .map_err(|e| AppError::Internal(format!("migration task failed: {e}")))?
+}
+
+/// Sets the pragmas of the migrating connection. Switching a new file to WAL
+/// needs an exclusive lock, and SQLite answers "database is locked" at once,
+/// without waiting out busy_timeout, when another process starting on the
+/// same new file holds a lock: retry for as long as busy_timeout would wait.
+fn configure_sqlite(conn: &mut diesel::SqliteConnection) -> AppResult<()> {
+    const PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;";
+    let started = std::time::Instant::now();
+    loop {
+        match diesel::connection::SimpleConnection::batch_execute(conn, PRAGMAS) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.to_string().contains("database is locked") && started.elapsed().as_secs() < 5 => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(AppError::Internal(format!("cannot configure SQLite: {e}"))),
+        }
+    }
 }
 
 fn apply<DB, C>(conn: &mut C, source: impl MigrationSource<DB>) -> AppResult<usize>
