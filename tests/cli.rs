@@ -183,6 +183,44 @@ fn serves_from_dot_env_on_port_0_and_keeps_its_generated_key() {
     assert_eq!(terminate(&mut third).code(), Some(0));
 }
 
+/// Two servers started at once on a new database file, with no JWT_SECRET:
+/// both start, and they generate one key between them (a token issued by
+/// either is good on the other), not two, and neither fails on the other's
+/// half-written key file.
+#[test]
+fn two_servers_starting_together_on_a_new_file_share_one_generated_key() {
+    let args = ["--database-url", "sqlite://shared.db", "--listen-addr", "127.0.0.1:0", "--bcrypt-cost", "4"];
+    for round in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut one, mut two) = std::thread::scope(|scope| {
+            let one = scope.spawn(|| serve(dir.path(), &args));
+            let two = scope.spawn(|| serve(dir.path(), &args));
+            (one.join().expect("first server starts"), two.join().expect("second server starts"))
+        });
+        for (issuer, checker, email) in
+            [(&one, &two, format!("one{round}@example.com")), (&two, &one, format!("two{round}@example.com"))]
+        {
+            let signup = post(
+                &issuer.addr,
+                None,
+                "mutation($email: String!) { signup(input: {email: $email, password: \"password1\"}) { token } }",
+                json!({"email": email}),
+            );
+            let token = signup["data"]["signup"]["token"].as_str().expect("token").to_owned();
+            let me = post(&checker.addr, Some(&token), "{ me { email } }", json!({}));
+            assert_eq!(me["data"]["me"]["email"], email.as_str(), "round {round}: {me}");
+        }
+        assert_eq!(terminate(&mut one).code(), Some(0));
+        assert_eq!(terminate(&mut two).code(), Some(0));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(names.is_empty(), "temp files left behind: {names:?}");
+    }
+}
+
 fn wait_exit(running: &mut Running) -> std::process::ExitStatus {
     let started = Instant::now();
     loop {

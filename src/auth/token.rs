@@ -92,6 +92,14 @@ impl TokenKeys {
 /// The signing key: `JWT_SECRET` when set. Otherwise, on SQLite only, a random
 /// key generated once and kept beside the database file (mode 0600), so that
 /// tokens survive a restart without any set-up.
+///
+/// Several processes may start together on a new database file (a supervisor
+/// starting replicas, a test harness): they must all end up with one key, and
+/// none may read a half-written file. So the key file only ever appears
+/// complete: each process writes its candidate to a temp file of its own in
+/// the same directory and hard-links it into place, which fails if the name
+/// exists. The process whose link lands wins; every other one reads the
+/// winner's key.
 pub fn load_or_create_secret(config: &Config) -> AppResult<Secret> {
     if let Some(secret) = &config.jwt_secret {
         return Ok(secret.clone());
@@ -100,35 +108,73 @@ pub fn load_or_create_secret(config: &Config) -> AppResult<Secret> {
         return Err(AppError::Internal("JWT_SECRET is required with PostgreSQL".into()));
     };
     let path = secret_path(db_path);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let secret = text.trim();
-            if secret.len() < MIN_SECRET_BYTES {
-                return Err(AppError::Internal(format!(
-                    "{} holds fewer than {MIN_SECRET_BYTES} bytes; delete it to generate a new key",
-                    path.display()
-                )));
-            }
-            Ok(Secret::new(secret.as_bytes()))
+    // Two rounds suffice: a failed link means the file now exists. A third is
+    // for a file deleted by hand in between.
+    for _ in 0..3 {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return parse_secret_file(&path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(AppError::Internal(format!("cannot read {}: {e}", path.display()))),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let bytes: [u8; 32] = rand::random();
-            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            write_private(&path, &secret)?;
+        let bytes: [u8; 32] = rand::random();
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        if publish_private(&path, &secret)? {
             tracing::warn!(
                 path = %path.display(),
                 "JWT_SECRET is not set: generated a signing key and stored it beside the database; set JWT_SECRET in production"
             );
-            Ok(Secret::new(secret.into_bytes()))
+            return Ok(Secret::new(secret.into_bytes()));
         }
-        Err(e) => Err(AppError::Internal(format!("cannot read {}: {e}", path.display()))),
+        // Another process published its key first: use that one.
     }
+    Err(AppError::Internal(format!("{} keeps disappearing; set JWT_SECRET", path.display())))
+}
+
+fn parse_secret_file(path: &Path, text: &str) -> AppResult<Secret> {
+    let secret = text.trim();
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(AppError::Internal(format!(
+            "{} holds fewer than {MIN_SECRET_BYTES} bytes; delete it to generate a new key",
+            path.display()
+        )));
+    }
+    Ok(Secret::new(secret.as_bytes()))
 }
 
 pub fn secret_path(db_path: &Path) -> PathBuf {
     let mut name = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "todoql.db".into());
     name.push(".jwt-secret");
     db_path.with_file_name(name)
+}
+
+/// Makes `path` hold `contents`, readable by the owner only, unless it exists:
+/// `Ok(true)` when this call created it, `Ok(false)` when another got there
+/// first. Readers never see the file partly written (see
+/// [`load_or_create_secret`]).
+fn publish_private(path: &Path, contents: &str) -> AppResult<bool> {
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(path.file_name().unwrap_or_default());
+    temp_name.push(format!(".{}.{:016x}.tmp", std::process::id(), rand::random::<u64>()));
+    let temp = path.with_file_name(temp_name);
+    write_private(&temp, contents)?;
+    let linked = std::fs::hard_link(&temp, path);
+    // The temp name goes either way; the key lives on under `path`.
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {
+            // Make the new name durable too, so a crash cannot lose the key
+            // that tokens were already signed with. Best effort: not every
+            // platform can sync a directory.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => {
+            Err(AppError::Internal(format!("cannot create {}: {e} (or set JWT_SECRET)", path.display())))
+        }
+    }
 }
 
 fn write_private(path: &Path, contents: &str) -> AppResult<()> {
@@ -214,6 +260,39 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(secret_path(&db)).expect("exists").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    /// Processes starting together on a new database: every one of them ends
+    /// up with the key that is in the file, and none sees a partial file.
+    #[test]
+    fn concurrent_starts_agree_on_one_generated_secret() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = dir.path().join("race.db");
+            let config = Config::for_database(&format!("sqlite://{}", db.display())).expect("config");
+            let start = std::sync::Barrier::new(16);
+            let secrets: Vec<Secret> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..16)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            start.wait();
+                            load_or_create_secret(&config).expect("a key")
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().expect("thread")).collect()
+            });
+            let stored = std::fs::read_to_string(secret_path(&db)).expect("key file");
+            for secret in &secrets {
+                assert_eq!(secret.expose(), stored.trim().as_bytes());
+            }
+            // Only the key file is left: no temp files.
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .expect("dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names, vec!["race.db.jwt-secret".to_owned()]);
         }
     }
 }
