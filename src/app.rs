@@ -56,7 +56,7 @@ impl Server {
         let auth = Auth {
             hasher: PasswordHasher::new(config.bcrypt_cost, config.bcrypt_concurrency),
             tokens: TokenKeys::new(&secret, config.jwt_ttl),
-            login_limits: config.login_limits.clone(),
+            limiter: crate::auth::rate_limit::Limiter::new(config.login_limits.clone()),
         };
         let listener = TcpListener::bind(config.listen_addr)
             .await

@@ -22,7 +22,7 @@ pub const WRONG_PASSWORD: &str = "The password is not correct";
 pub struct Auth {
     pub hasher: PasswordHasher,
     pub tokens: TokenKeys,
-    pub login_limits: rate_limit::LoginLimits,
+    pub limiter: rate_limit::Limiter,
 }
 
 pub struct SignedIn {
@@ -43,7 +43,7 @@ impl Auth {
         password::validate("password", password)?;
         // Counted once the input is valid, before the hash: the hash is
         // what an attacker would be spending.
-        self.login_limits.admit_signup(db, client).await?;
+        self.limiter.admit_signup(db, client).await?;
         let hash = self.hasher.hash(password, client).await?;
         let user = db::users::insert(db, &email, &hash).await?;
         tracing::info!(user_id = %user.id.0, "account created");
@@ -58,7 +58,7 @@ impl Auth {
         password: &str,
         client: Option<ClientAddr>,
     ) -> AppResult<SignedIn> {
-        let attempt = self.login_limits.admit(db, email, client).await?;
+        let attempt = self.limiter.admit(db, email, client).await?;
         // Malformed input answers like a wrong password, after the same work,
         // so nothing about the account can be told from the reply or its time.
         let account = match email::normalize(email) {
@@ -150,7 +150,7 @@ impl Auth {
         password: &str,
         client: Option<ClientAddr>,
     ) -> AppResult<String> {
-        let attempt = self.login_limits.admit_password_check(db, user, client).await?;
+        let attempt = self.limiter.admit_password_check(db, user, client).await?;
         let hash =
             db::users::password_hash(db, user.id).await?.ok_or(AppError::Unauthenticated(WRONG_PASSWORD))?;
         let matches = password.len() <= password::MAX_PASSWORD_BYTES

@@ -9,7 +9,9 @@
 //! the address's other failures. Signups count per address whatever their
 //! outcome: each costs a bcrypt hash and may cost an account row.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -65,13 +67,28 @@ pub struct LoginLimits {
 
 pub const SIGNUP_WINDOW: Duration = Duration::from_secs(3600);
 
+/// The limits, and the in-process side of admitting attempts atomically.
+pub struct Limiter {
+    limits: LoginLimits,
+    /// Keys with an admission in flight in this process. Attempts on one key
+    /// take their turn here, before they take a database connection: on
+    /// PostgreSQL the cross-instance turn is an advisory lock held inside a
+    /// transaction, and a storm of attempts from one client queueing on it
+    /// would otherwise hold every pooled connection while it waits.
+    busy_keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
 /// One admitted attempt; tell it how the login went.
 pub struct Attempt {
     email_key: String,
     address_row: Option<DbId>,
 }
 
-impl LoginLimits {
+impl Limiter {
+    pub fn new(limits: LoginLimits) -> Self {
+        Self { limits, busy_keys: Mutex::default() }
+    }
+
     /// Admits one login attempt for `email` from `client`, or refuses it with
     /// RATE_LIMITED and the seconds until the next attempt may succeed.
     pub async fn admit(&self, db: &Db, email: &str, client: Option<ClientAddr>) -> AppResult<Attempt> {
@@ -102,11 +119,11 @@ impl LoginLimits {
         email_key: String,
         client: Option<ClientAddr>,
     ) -> AppResult<Attempt> {
-        let mut keys = vec![(email_key.clone(), i64::from(self.per_email))];
+        let mut keys = vec![(email_key.clone(), i64::from(self.limits.per_email))];
         if let Some(client) = client {
-            keys.push((format!("addr:{client}"), i64::from(self.per_address)));
+            keys.push((format!("addr:{client}"), i64::from(self.limits.per_address)));
         }
-        let ids = admit(db, &keys, self.window).await?;
+        let ids = self.record(db, &keys, self.limits.window).await?;
         Ok(Attempt { email_key, address_row: ids.get(1).copied() })
     }
 
@@ -114,11 +131,58 @@ impl LoginLimits {
     /// calling in-process) there is nothing to key on.
     pub async fn admit_signup(&self, db: &Db, client: Option<ClientAddr>) -> AppResult<()> {
         match client {
-            Some(client) if self.signups_per_address > 0 => {
-                let keys = [(format!("signup:{client}"), i64::from(self.signups_per_address))];
-                admit(db, &keys, SIGNUP_WINDOW).await.map(|_| ())
+            Some(client) if self.limits.signups_per_address > 0 => {
+                let keys = [(format!("signup:{client}"), i64::from(self.limits.signups_per_address))];
+                self.record(db, &keys, SIGNUP_WINDOW).await.map(|_| ())
             }
             _ => Ok(()),
+        }
+    }
+}
+
+impl Limiter {
+    /// Records one attempt under every key, or refuses with RATE_LIMITED.
+    async fn record(&self, db: &Db, keys: &[(String, i64)], window: Duration) -> AppResult<Vec<DbId>> {
+        let _turns = self.take_turns(keys).await;
+        admit(db, keys, window).await
+    }
+
+    /// Waits for this process's turn on every key, in sorted order (two
+    /// attempts sharing keys cannot deadlock).
+    async fn take_turns(&self, keys: &[(String, i64)]) -> Turns<'_> {
+        let mut names: Vec<String> = keys.iter().map(|(key, _)| key.clone()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let locks: Vec<_> = {
+            let mut busy = self.busy_keys.lock().unwrap_or_else(|p| p.into_inner());
+            names.iter().map(|name| Arc::clone(busy.entry(name.clone()).or_default())).collect()
+        };
+        let mut turns = Turns { limiter: self, keys: names, guards: Vec::with_capacity(locks.len()) };
+        for lock in locks {
+            turns.guards.push(lock.lock_owned().await);
+        }
+        turns
+    }
+}
+
+/// Turns held on some keys. Dropped (also when the request is cancelled),
+/// it lets the next attempt go and removes the keys nobody else wants, so
+/// the table holds only keys with attempts in flight.
+struct Turns<'a> {
+    limiter: &'a Limiter,
+    keys: Vec<String>,
+    guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turns<'_> {
+    fn drop(&mut self) {
+        self.guards.clear();
+        let mut busy = self.limiter.busy_keys.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &self.keys {
+            // Only the table's own reference left: nobody holds or awaits it.
+            if busy.get(key).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+                busy.remove(key);
+            }
         }
     }
 }
@@ -175,6 +239,28 @@ pub async fn prune_forever(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn turns_on_a_key_are_taken_one_at_a_time_and_forgotten() {
+        let limiter = Limiter::new(LoginLimits {
+            per_email: 1,
+            per_address: 1,
+            window: Duration::from_secs(1),
+            signups_per_address: 1,
+        });
+        let keys = [("addr:a".to_owned(), 1), ("email:x".to_owned(), 1)];
+        let first = limiter.take_turns(&keys).await;
+        // Another attempt sharing a key waits for the first.
+        let shared = [("email:x".to_owned(), 1)];
+        let second = limiter.take_turns(&shared);
+        tokio::pin!(second);
+        assert!(futures_util::poll!(&mut second).is_pending());
+        // An attempt on other keys does not.
+        drop(limiter.take_turns(&[("addr:b".to_owned(), 1)]).await);
+        drop(first);
+        drop(second.await);
+        assert!(limiter.busy_keys.lock().expect("lock").is_empty(), "idle keys are forgotten");
+    }
 
     #[test]
     fn ipv6_clients_are_keyed_by_their_64() {
