@@ -226,6 +226,7 @@ pub struct TodoMutation;
 
 #[Object]
 impl TodoMutation {
+    /// Creates a todo for the caller. QUOTA_EXCEEDED beyond MAX_TODOS_PER_USER.
     async fn create_todo(&self, ctx: &Context<'_>, input: CreateTodoInput) -> Result<Todo> {
         let app = ctx.app();
         let user = ctx.current_user()?;
