@@ -159,6 +159,15 @@ impl From<diesel::result::Error> for AppError {
             Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
                 Self::Unavailable(error.to_string())
             }
+            // PostgreSQL: the connection to the server was lost (diesel-async
+            // reports it as a command it could not send, with the driver's
+            // message).
+            Error::DatabaseError(DatabaseErrorKind::UnableToSendCommand, info)
+                if info.message().starts_with("connection closed")
+                    || info.message().starts_with("error communicating with the server") =>
+            {
+                Self::Unavailable(error.to_string())
+            }
             // SQLite: another process held the file's lock past busy_timeout.
             // PostgreSQL: the server is shutting down or restarting.
             Error::DatabaseError(_, info)
@@ -215,6 +224,21 @@ mod tests {
         let gql: async_graphql::Error = AppError::QuotaExceeded { limit: 10_000 }.into();
         assert_eq!(code_of(&gql).as_deref(), Some("QUOTA_EXCEEDED"));
         assert!(gql.message.contains("10000"), "{}", gql.message);
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable_but_other_send_failures_are_internal() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let unsent = |message: &str| {
+            Error::DatabaseError(DatabaseErrorKind::UnableToSendCommand, Box::new(message.to_owned()))
+                .into_app()
+        };
+        assert!(matches!(unsent("connection closed"), AppError::Unavailable(_)));
+        assert!(matches!(
+            unsent("error communicating with the server: Connection reset by peer (os error 104)"),
+            AppError::Unavailable(_)
+        ));
+        assert!(matches!(unsent("error encoding message to server: value too large"), AppError::Internal(_)));
     }
 
     trait IntoApp {
