@@ -7,6 +7,7 @@
 
 pub mod login_attempts;
 pub mod migrations;
+pub mod pg_pool;
 pub mod schema;
 pub mod todos;
 pub mod types;
@@ -18,23 +19,17 @@ use std::time::Duration;
 use diesel::SqliteConnection;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures_util::FutureExt;
 
 use crate::config::{Config, DatabaseUrl};
 use crate::error::{AppError, AppResult};
 use crate::events::Hub;
 
-pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
-pub type PgPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
-pub type SqlitePool = bb8::Pool<AsyncDieselConnectionManager<SqliteConn>>;
+pub use pg_pool::PgPool;
 
-/// How long a request waits for a pooled PostgreSQL connection before it
-/// gives up with SERVICE_UNAVAILABLE: long enough to ride out a burst, short
-/// enough that a dead database server never hangs a client. bb8 does not hand
-/// a failed connect to its waiters, it retries until this runs out, so this
-/// is also how fast a request learns that PostgreSQL is down.
-const POOL_WAIT: Duration = Duration::from_secs(5);
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+pub type SqlitePool = bb8::Pool<AsyncDieselConnectionManager<SqliteConn>>;
 
 /// SQLite waits this long for a lock before failing with "database is locked".
 /// Writes are serialised through one connection, so this only covers
@@ -207,16 +202,12 @@ impl Pools {
         match &config.database_url {
             DatabaseUrl::Postgres(url) => {
                 let size = config.database_pool_size.unwrap_or(2 * cores);
-                let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
-                // A dead connection shows up as an error on first use and is
-                // then discarded; a test query on every checkout would double
-                // the round trips of every request.
-                manager_config.recycling_method = RecyclingMethod::Fast;
-                let manager = AsyncDieselConnectionManager::new_with_config(url, manager_config);
-                let pool = bb8::Pool::builder()
-                    .max_size(size)
-                    .connection_timeout(POOL_WAIT)
-                    .build_unchecked(manager);
+                // Waiting for a connection only means queueing behind this
+                // process's own requests while the server can be reached, so
+                // it is bounded by the request's deadline (as on SQLite); a
+                // server that cannot be reached ends the wait at once (see
+                // `pg_pool`).
+                let pool = PgPool::new(url, size, config.limits.request_timeout);
                 Ok(Self::Postgres(pool))
             }
             DatabaseUrl::Sqlite(path) => {
