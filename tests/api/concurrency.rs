@@ -99,3 +99,62 @@ async fn sqlite_burst_of_256_writers_queues_and_succeeds() {
     assert_eq!(app.count_rows("SELECT count(*) FROM todos").await, WRITERS as i64);
     eprintln!("{WRITERS} concurrent creates on SQLite in {elapsed:.2?}");
 }
+
+/// PostgreSQL: a request queued behind a pool that stays busy for longer than
+/// the old 5 s pool wait gets its connection in the end. With a pool of one,
+/// a create holds the connection while it waits for its owner's row, which
+/// this test has locked for 7 s; a read sent meanwhile queues for the pool
+/// and succeeds once the create is done. (The wait is bounded by the request
+/// timeout; the old 5 s wait answered SERVICE_UNAVAILABLE here, as it did to
+/// bursts on a busy machine while the database was perfectly healthy.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_request_queued_behind_a_busy_pool_waits_past_5_s_and_succeeds() {
+    const HOLD: std::time::Duration = std::time::Duration::from_secs(7);
+    let Some(app) =
+        TestApp::spawn_with(crate::helpers::Backend::Postgres, |c| c.database_pool_size = Some(1)).await
+    else {
+        return;
+    };
+    let user = app.signup("queued@example.com").await;
+    // Authenticated once, so the account is cached and the queued read below
+    // needs the pool only for its own query.
+    app.gql(Some(&user.token), "{ todos { totalCount } }", json!({})).await.ok();
+
+    let (locker, connection) =
+        tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    locker.batch_execute("BEGIN; SELECT 1 FROM users FOR UPDATE").await.expect("lock the users");
+
+    let create = app.gql(
+        Some(&user.token),
+        "mutation($input: CreateTodoInput!) { createTodo(input: $input) { id } }",
+        json!({"input": {"title": "held"}}),
+    );
+    let queued = async {
+        // The create holds the pool's one connection once its backend waits
+        // for the row lock.
+        let waiting = "SELECT count(*) FROM pg_stat_activity \
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        let looked = std::time::Instant::now();
+        while app.count_rows(waiting).await == 0 {
+            assert!(
+                looked.elapsed() < std::time::Duration::from_secs(30),
+                "the create never waited for the lock"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let sent = std::time::Instant::now();
+        let release = async {
+            tokio::time::sleep(HOLD).await;
+            locker.batch_execute("COMMIT").await.expect("release the users");
+        };
+        let (read, ()) =
+            tokio::join!(app.gql(Some(&user.token), "{ todos { totalCount } }", json!({})), release);
+        (read, sent.elapsed())
+    };
+    let (created, (read, waited)) = tokio::join!(create, queued);
+    assert!(created.0["data"]["createTodo"]["id"].is_string(), "{}", created.0);
+    assert_eq!(read.ok()["todos"]["totalCount"], 1);
+    assert!(waited >= HOLD, "answered after {waited:?}, before the pool's connection was free");
+    eprintln!("a read queued for the PostgreSQL pool for {waited:.2?} and succeeded");
+}
