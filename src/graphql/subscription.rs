@@ -9,9 +9,7 @@ use futures_util::Stream;
 use super::ContextExt as _;
 use super::todo::{Todo, id_of};
 use crate::app::App;
-use crate::auth::guard::TokenSession;
-use crate::db::types::DbId;
-use crate::db::users;
+use crate::auth::guard::{self, TOKEN_EXPIRED, TOKEN_REVOKED, TokenSession};
 use crate::error::AppError;
 use crate::events::{HubMessage, TodoChange};
 
@@ -47,9 +45,6 @@ impl TodoEvent {
     }
 }
 
-const TOKEN_EXPIRED: &str = "The token expired; reconnect with a fresh one";
-const TOKEN_REVOKED: &str = "The token was revoked; sign in again";
-
 #[derive(Default)]
 pub struct Subscription;
 
@@ -61,12 +56,15 @@ impl Subscription {
         let owner = user.id;
         let app: Arc<App> = Arc::clone(ctx.data_unchecked::<Arc<App>>());
         let session = ctx.data_opt::<TokenSession>().copied();
-        // The connection was authenticated when it opened; a revocation since
-        // then must also stop new subscriptions on it.
-        if let Some(session) = session {
-            check_session(&app, owner, session).await?;
-        }
+        // Subscribe first, then check the token: a revocation published after
+        // the subscription registered arrives on it as `Revoked`, and one
+        // published before it has already evicted the account cache, so the
+        // check sees it. Checking first would leave a gap in which a
+        // revocation is missed until the next recheck.
         let mut subscription = app.db.hub.subscribe(owner)?;
+        if let Some(session) = session {
+            guard::check_session(&app.db, session).await?;
+        }
         let recheck = app.config.subscription_recheck;
         Ok(async_stream::stream! {
             let expiry = session.map_or(Duration::MAX, |s| seconds_until(s.expires_at));
@@ -95,7 +93,7 @@ impl Subscription {
                     }
                     _ = recheck.tick(), if session.is_some() => {
                         if let Some(session) = session {
-                            if let Err(error) = check_session(&app, owner, session).await {
+                            if let Err(error) = guard::check_session(&app.db, session).await {
                                 yield Err(error.into());
                                 break;
                             }
@@ -110,15 +108,4 @@ impl Subscription {
 fn seconds_until(unix_seconds: i64) -> Duration {
     let now = chrono::Utc::now().timestamp();
     Duration::from_secs(u64::try_from(unix_seconds.saturating_sub(now)).unwrap_or(0))
-}
-
-/// The token is unexpired and its account exists with the same version.
-async fn check_session(app: &App, owner: DbId, session: TokenSession) -> Result<(), AppError> {
-    if seconds_until(session.expires_at).is_zero() {
-        return Err(AppError::Unauthenticated(TOKEN_EXPIRED));
-    }
-    match users::find(&app.db, owner).await? {
-        Some(user) if user.token_version == session.version => Ok(()),
-        _ => Err(AppError::Unauthenticated(TOKEN_REVOKED)),
-    }
 }

@@ -5,22 +5,36 @@
 //! production server needs: the protocol's close codes (4403 for a refused
 //! token, 4408 for a missing `connection_init`), server pings so dead peers
 //! are noticed, and a clean 1001 close on shutdown.
+//!
+//! Every operation on a socket is authenticated when it starts, not only the
+//! socket at `connection_init`: [`SocketExecutor`] checks the connection's
+//! token (through the account cache) before the operation is even parsed.
+//! A token that expired or was revoked since the socket opened closes the
+//! socket with 4403 and the operation never runs. Closing, rather than
+//! answering that one operation with UNAUTHENTICATED, is what `graphql-ws`
+//! clients handle best: they reconnect (calling `connectionParams` again,
+//! where an app puts its fresh token) and re-send the operations that were
+//! in flight, whereas an error would reach the app as a failed query.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use async_graphql::Data;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols, WsMessage};
+use async_graphql::{Data, Executor, Request, ServerError};
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::BoxStream;
 use futures_util::{SinkExt as _, StreamExt as _, future};
 use std::str::FromStr as _;
+use tokio::sync::Notify;
 
 use super::HttpState;
-use crate::auth::guard;
+use crate::app::App;
+use crate::auth::guard::{self, TokenSession};
 use crate::error::AppError;
+use crate::graphql::TodoqlSchema;
 
 /// How often the server pings an idle, acknowledged connection.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -79,6 +93,96 @@ fn init_payload_token(payload: &serde_json::Value) -> Option<String> {
     })
 }
 
+/// What the parts of one connection share.
+#[derive(Default)]
+struct SocketState {
+    /// The token accepted at `connection_init`.
+    session: OnceLock<TokenSession>,
+    /// Set when something other than the protocol decides the socket must
+    /// close (a token that stopped being good); the send loop does it.
+    close: Mutex<Option<(u16, &'static str)>>,
+    close_requested: Notify,
+}
+
+impl SocketState {
+    fn request_close(&self, code: u16, reason: &'static str) {
+        let mut close = self.close.lock().unwrap_or_else(|p| p.into_inner());
+        close.get_or_insert((code, reason));
+        self.close_requested.notify_one();
+    }
+
+    fn close_reason(&self) -> Option<(u16, &'static str)> {
+        *self.close.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The schema as one socket's operations see it: each operation (a
+/// `subscribe`, or the legacy `start`) first checks that the socket's token
+/// is still good.
+#[derive(Clone)]
+struct SocketExecutor {
+    schema: TodoqlSchema,
+    app: Arc<App>,
+    socket: Arc<SocketState>,
+}
+
+impl Executor for SocketExecutor {
+    // Not called by the WebSocket protocol (it only streams); present
+    // because the trait requires it.
+    fn execute(&self, request: Request) -> impl Future<Output = async_graphql::Response> + Send {
+        self.schema.execute(request)
+    }
+
+    fn execute_stream(
+        &self,
+        request: Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, async_graphql::Response> {
+        let this = self.clone();
+        async_stream::stream! {
+            // async-graphql runs no operation before connection_init
+            // succeeded, so the session is set; without one, refuse anyway.
+            let allowed = match this.socket.session.get() {
+                Some(session) => guard::check_session(&this.app.db, *session).await,
+                None => Err(AppError::Unauthenticated("Send connection_init first")),
+            };
+            match allowed {
+                Ok(()) => {}
+                Err(error @ AppError::Unauthenticated(_)) => {
+                    tracing::info!(?error, "closing a WebSocket whose token is no longer good");
+                    this.socket.request_close(CLOSE_FORBIDDEN, "Forbidden: the token expired or was revoked");
+                    // The operation never runs and gets no answer: the socket
+                    // closes (and a graphql-ws client re-sends it after
+                    // reconnecting with a fresh token).
+                    future::pending::<()>().await;
+                }
+                // The account could not be read (the database is down): this
+                // operation fails as it would over HTTP; the socket stays.
+                Err(error) => {
+                    yield refusal(error);
+                    return;
+                }
+            }
+            let mut responses = match session_data {
+                Some(data) => this.schema.execute_stream_with_session_data(request, data),
+                None => this.schema.execute_stream(request),
+            };
+            while let Some(response) = responses.next().await {
+                yield response;
+            }
+        }
+        .boxed()
+    }
+}
+
+/// A response holding only `error`, for an operation refused before it ran.
+fn refusal(error: AppError) -> async_graphql::Response {
+    let error = async_graphql::Error::from(error);
+    let mut server_error = ServerError::new(error.message, None);
+    server_error.extensions = error.extensions;
+    async_graphql::Response::from_errors(vec![server_error])
+}
+
 async fn serve(socket: WebSocket, state: HttpState, protocol: WebSocketProtocols) {
     let (mut sink, source) = socket.split();
     let input = source.take_while(|message| future::ready(message.is_ok())).filter_map(|message| {
@@ -89,9 +193,11 @@ async fn serve(socket: WebSocket, state: HttpState, protocol: WebSocketProtocols
     });
 
     let refused = Arc::new(AtomicBool::new(false));
+    let socket_state = Arc::new(SocketState::default());
     let on_init = {
         let state = state.clone();
         let refused = Arc::clone(&refused);
+        let socket_state = Arc::clone(&socket_state);
         move |payload: serde_json::Value| async move {
             let result = async {
                 let value = init_payload_token(&payload);
@@ -103,6 +209,7 @@ async fn serve(socket: WebSocket, state: HttpState, protocol: WebSocketProtocols
             .await;
             match result {
                 Ok((user, session)) => {
+                    let _ = socket_state.session.set(session);
                     let mut data = Data::default();
                     data.insert(user);
                     data.insert(session);
@@ -118,7 +225,12 @@ async fn serve(socket: WebSocket, state: HttpState, protocol: WebSocketProtocols
     let legacy = protocol == WebSocketProtocols::SubscriptionsTransportWS;
     // The legacy protocol has no pong: only the modern one can be timed out.
     let silence = if legacy { None } else { Some(SILENCE_TIMEOUT) };
-    let protocol_stream = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocol)
+    let executor = SocketExecutor {
+        schema: state.schema.clone(),
+        app: Arc::clone(&state.app),
+        socket: Arc::clone(&socket_state),
+    };
+    let protocol_stream = async_graphql::http::WebSocket::new(executor, input, protocol)
         .on_connection_init(on_init)
         .keepalive_timeout(silence);
     futures_util::pin_mut!(protocol_stream);
@@ -157,6 +269,12 @@ async fn serve(socket: WebSocket, state: HttpState, protocol: WebSocketProtocols
             () = &mut init_deadline, if !acknowledged => {
                 let _ = sink.send(close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout")).await;
                 break;
+            }
+            () = socket_state.close_requested.notified() => {
+                if let Some((code, reason)) = socket_state.close_reason() {
+                    let _ = sink.send(close(code, reason)).await;
+                    break;
+                }
             }
             () = crate::events::stopping(&mut shutdown) => {
                 let _ = sink.send(close(CLOSE_GOING_AWAY, "Server is shutting down")).await;

@@ -234,6 +234,37 @@ macro_rules! backend_tests {
     };
 }
 
+/// Like [`backend_tests!`], on servers whose configuration `adjust` changes:
+/// `backend_tests_with!(adjust; case, …)` with `fn adjust(&mut Config)`
+/// beside the cases.
+#[macro_export]
+macro_rules! backend_tests_with {
+    ($adjust:ident; $($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let app = $crate::helpers::TestApp::spawn_with($crate::helpers::Backend::Sqlite, super::$adjust).await;
+                    if let Some(app) = app {
+                        super::$case(app).await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let app = $crate::helpers::TestApp::spawn_with($crate::helpers::Backend::Postgres, super::$adjust).await;
+                    if let Some(app) = app {
+                        super::$case(app).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
 impl TestApp {
     /// Runs a `SELECT count(*) …` straight against the database, bypassing
     /// the server: for checking what is really stored.

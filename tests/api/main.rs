@@ -18,3 +18,4 @@ mod quota;
 mod rate_limit;
 mod subscriptions;
 mod todos;
+mod ws_auth;

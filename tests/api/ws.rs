@@ -12,6 +12,25 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 
 pub struct WsClient {
     socket: Socket,
+    legacy: bool,
+}
+
+/// The two sub-protocols the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `graphql-transport-ws` (the `graphql-ws` library).
+    Modern,
+    /// `graphql-ws` (Apollo's legacy `subscriptions-transport-ws`).
+    Legacy,
+}
+
+impl Protocol {
+    pub fn header(self) -> &'static str {
+        match self {
+            Self::Modern => "graphql-transport-ws",
+            Self::Legacy => "graphql-ws",
+        }
+    }
 }
 
 /// What the server said next.
@@ -29,16 +48,23 @@ impl WsClient {
     /// Opens a socket to `addr` and sends `connection_init` with `payload`;
     /// returns the client once acknowledged, or the close code.
     pub async fn connect(addr: std::net::SocketAddr, payload: Value) -> Result<Self, u16> {
+        Self::connect_with(addr, Protocol::Modern, payload).await
+    }
+
+    /// [`WsClient::connect`] with either sub-protocol.
+    pub async fn connect_with(
+        addr: std::net::SocketAddr,
+        protocol: Protocol,
+        payload: Value,
+    ) -> Result<Self, u16> {
         let mut request = format!("ws://{addr}/graphql").into_client_request().expect("request");
-        request
-            .headers_mut()
-            .insert("sec-websocket-protocol", "graphql-transport-ws".parse().expect("header"));
+        request.headers_mut().insert("sec-websocket-protocol", protocol.header().parse().expect("header"));
         let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade");
         assert_eq!(
             response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
-            Some("graphql-transport-ws")
+            Some(protocol.header())
         );
-        let mut client = Self { socket };
+        let mut client = Self { socket, legacy: protocol == Protocol::Legacy };
         client.send(json!({"type": "connection_init", "payload": payload})).await;
         match client.next().await {
             Incoming::Message(message) if message["type"] == "connection_ack" => Ok(client),
@@ -60,8 +86,17 @@ impl WsClient {
         self.socket.send(Message::Text(text.into())).await.expect("sent");
     }
 
+    /// Starts an operation: `subscribe`, or `start` on the legacy protocol.
     pub async fn subscribe(&mut self, id: &str, query: &str) {
-        self.send(json!({"id": id, "type": "subscribe", "payload": {"query": query}})).await;
+        let kind = if self.legacy { "start" } else { "subscribe" };
+        self.send(json!({"id": id, "type": kind, "payload": {"query": query}})).await;
+    }
+
+    /// Starts `query` as operation `id` and returns the first thing the
+    /// server says after it (an answer, or the close).
+    pub async fn run_once(&mut self, id: &str, query: &str) -> Incoming {
+        self.subscribe(id, query).await;
+        self.next().await
     }
 
     /// The next message or close, answering pings; panics after `WAIT`.
@@ -85,6 +120,10 @@ impl WsClient {
                         self.send(json!({"type": "pong"})).await;
                         continue;
                     }
+                    // The legacy protocol's keep-alive.
+                    if message["type"] == "ka" {
+                        continue;
+                    }
                     return Some(Incoming::Message(message));
                 }
                 Some(Ok(_)) => continue,
@@ -92,10 +131,12 @@ impl WsClient {
         }
     }
 
-    /// The next `next` message's payload for subscription `id`.
+    /// The next `next` (legacy: `data`) message's payload for subscription `id`.
     pub async fn next_payload(&mut self, id: &str) -> Value {
         match self.next().await {
-            Incoming::Message(message) if message["type"] == "next" && message["id"] == id => {
+            Incoming::Message(message)
+                if (message["type"] == "next" || message["type"] == "data") && message["id"] == id =>
+            {
                 message["payload"].clone()
             }
             other => panic!("expected a next message for {id}, got {other:?}"),
