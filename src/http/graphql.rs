@@ -430,7 +430,8 @@ pub async fn get(
 ) -> HttpResponse {
     let (mut parts, _body) = request.into_parts();
     if parts.headers.contains_key(header::UPGRADE) {
-        return super::websocket::upgrade(state, &mut parts).await;
+        let peer = peer.map(|Extension(ConnectInfo(addr))| addr);
+        return super::websocket::upgrade(state, &mut parts, peer).await;
     }
     let media = Media::negotiate(&parts.headers);
     let query_string = parts.uri.query().unwrap_or("");

@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 use super::HttpState;
 use crate::app::App;
 use crate::auth::guard::{self, TokenSession};
+use crate::auth::rate_limit::ClientAddr;
 use crate::error::AppError;
 use crate::graphql::TodoqlSchema;
 
@@ -48,7 +49,11 @@ const CLOSE_FORBIDDEN: u16 = 4403;
 const CLOSE_INIT_TIMEOUT: u16 = 4408;
 const CLOSE_GOING_AWAY: u16 = 1001;
 
-pub async fn upgrade(state: HttpState, parts: &mut ::http::request::Parts) -> Response {
+pub async fn upgrade(
+    state: HttpState,
+    parts: &mut ::http::request::Parts,
+    peer: Option<std::net::SocketAddr>,
+) -> Response {
     let protocol = parts
         .headers
         .get(::http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -61,6 +66,9 @@ pub async fn upgrade(state: HttpState, parts: &mut ::http::request::Parts) -> Re
         )
             .into_response();
     };
+    // Who is at the other end, as HTTP would say it (the proxy-aware
+    // address): logins over this socket count against it like over HTTP.
+    let client = super::graphql::client_addr(&state, &parts.headers, peer);
     let upgrade = match WebSocketUpgrade::from_request_parts(parts, &()).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
@@ -75,7 +83,7 @@ pub async fn upgrade(state: HttpState, parts: &mut ::http::request::Parts) -> Re
         // A subscribe message carries a document: the HTTP body limit applies.
         .max_message_size(state.app.config.limits.max_body_bytes)
         .max_frame_size(state.app.config.limits.max_body_bytes)
-        .on_upgrade(move |socket| serve(socket, state, protocol))
+        .on_upgrade(move |socket| serve(socket, state, protocol, client))
 }
 
 /// The token of a `connection_init` payload: `Authorization`,
@@ -183,7 +191,12 @@ fn refusal(error: AppError) -> async_graphql::Response {
     async_graphql::Response::from_errors(vec![server_error])
 }
 
-async fn serve(socket: WebSocket, state: HttpState, protocol: WebSocketProtocols) {
+async fn serve(
+    socket: WebSocket,
+    state: HttpState,
+    protocol: WebSocketProtocols,
+    client: Option<ClientAddr>,
+) {
     let (mut sink, source) = socket.split();
     let input = source.take_while(|message| future::ready(message.is_ok())).filter_map(|message| {
         future::ready(match message {
@@ -213,6 +226,9 @@ async fn serve(socket: WebSocket, state: HttpState, protocol: WebSocketProtocols
                     let mut data = Data::default();
                     data.insert(user);
                     data.insert(session);
+                    if let Some(client) = client {
+                        data.insert(client);
+                    }
                     Ok(data)
                 }
                 Err(error) => {

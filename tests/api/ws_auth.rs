@@ -21,6 +21,14 @@ mod revoked {
     );
 }
 
+mod addressed {
+    use super::*;
+    fn few_logins_per_address(config: &mut todoql::Config) {
+        config.login_limits.per_address = 5;
+    }
+    crate::backend_tests_with!(few_logins_per_address; logins_over_a_socket_count_per_client_address);
+}
+
 mod expiring {
     use super::*;
     fn short_tokens(config: &mut todoql::Config) {
@@ -133,4 +141,33 @@ async fn login(app: &TestApp, user: &Account, password: &str) -> String {
         .as_str()
         .expect("token")
         .to_owned()
+}
+
+/// Failed logins for ever new emails over one socket: past the per-address
+/// limit they are RATE_LIMITED, as over HTTP, and HTTP from the same
+/// address shares the count.
+async fn logins_over_a_socket_count_per_client_address(app: TestApp) {
+    let user = app.signup("ws-logins@example.com").await;
+    let mut ws = WsClient::with_token(app.addr, &user.token).await;
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let id = format!("login{i}");
+        let query = format!(
+            "mutation {{ login(input: {{email: \"nobody{i}@example.com\", password: \"wrong password\"}}) {{ token }} }}"
+        );
+        ws.subscribe(&id, &query).await;
+        let payload = ws.next_payload(&id).await;
+        ws.expect_complete(&id).await;
+        codes.push(payload["errors"][0]["extensions"]["code"].as_str().expect("code").to_owned());
+    }
+    let expected: Vec<&str> = [["UNAUTHENTICATED"; 5].as_slice(), ["RATE_LIMITED"; 3].as_slice()].concat();
+    assert_eq!(codes, expected);
+    // The address is the same one HTTP sees.
+    app.gql(
+        None,
+        "mutation { login(input: {email: \"over-http@example.com\", password: \"wrong password\"}) { token } }",
+        json!({}),
+    )
+    .await
+    .expect_code("RATE_LIMITED");
 }
