@@ -56,6 +56,11 @@ fn start_server(idle: usize) -> Server {
         .env("SIGNUP_MAX_PER_ADDRESS", "0")
         .env("MAX_SUBSCRIPTIONS", (idle + 1000).to_string())
         .env("MAX_SUBSCRIPTIONS_PER_USER", "100000")
+        // Every benchmark socket comes from 127.0.0.1.
+        .env("MAX_SUBSCRIPTIONS_PER_ADDRESS", "0")
+        .env("MAX_WEBSOCKETS_PER_ADDRESS", "0")
+        .env("MAX_CONNECTIONS_PER_ADDRESS", "0")
+        .env("MAX_CONNECTIONS", (idle + 1000).to_string())
         .env("RUST_LOG", "warn,todoql::app=info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())

@@ -102,6 +102,19 @@ pub struct ConfigArgs {
     /// Open subscriptions allowed per instance.
     #[arg(long, env = "MAX_SUBSCRIPTIONS", default_value = "10000", global = true)]
     pub max_subscriptions: String,
+    /// Open subscriptions allowed on one WebSocket connection.
+    #[arg(long, env = "MAX_SUBSCRIPTIONS_PER_CONNECTION", default_value = "10", global = true)]
+    pub max_subscriptions_per_connection: String,
+    /// Open subscriptions allowed per client address (0: no limit).
+    #[arg(long, env = "MAX_SUBSCRIPTIONS_PER_ADDRESS", default_value = "100", global = true)]
+    pub max_subscriptions_per_address: String,
+    /// Operations in flight (queries, mutations and subscriptions) on one
+    /// WebSocket connection.
+    #[arg(long, env = "MAX_OPERATIONS_PER_CONNECTION", default_value = "32", global = true)]
+    pub max_operations_per_connection: String,
+    /// Open WebSocket connections allowed per client address (0: no limit).
+    #[arg(long, env = "MAX_WEBSOCKETS_PER_ADDRESS", default_value = "100", global = true)]
+    pub max_websockets_per_address: String,
     /// How often a live subscription re-checks that its token is still valid
     /// (revocations also arrive as events; this is the backstop).
     #[arg(long, env = "SUBSCRIPTION_RECHECK", default_value = "30s", global = true)]
@@ -242,6 +255,17 @@ pub struct Limits {
     pub introspection: bool,
 }
 
+/// What one WebSocket connection, and one client address's connections, may hold.
+#[derive(Debug, Clone)]
+pub struct WebSocketLimits {
+    /// Operations in flight on one connection; more are refused one by one.
+    pub operations_per_connection: usize,
+    /// Open WebSocket connections per client address (`usize::MAX`: no
+    /// limit). Unlike `MAX_CONNECTIONS_PER_ADDRESS` (TCP connections per
+    /// peer), it counts the client address behind trusted proxies too.
+    pub websockets_per_address: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: DatabaseUrl,
@@ -259,6 +283,10 @@ pub struct Config {
     /// Todos one account may have (`None`: no limit). It also bounds what a
     /// `search` or `totalCount` of one user can scan.
     pub max_todos_per_user: Option<u32>,
+    pub subscriptions_per_connection: usize,
+    /// `usize::MAX`: no limit.
+    pub subscriptions_per_address: usize,
+    pub websocket: WebSocketLimits,
     pub log_format: LogFormat,
     pub login_limits: crate::auth::rate_limit::LoginLimits,
     /// Trusted proxies in front of the server (see `http::graphql::client_addr`).
@@ -280,6 +308,22 @@ fn bad(msg: impl Into<String>) -> ConfigError {
 
 fn parse_number<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, ConfigError> {
     raw.trim().parse().map_err(|_| bad(format!("{name}: expected a whole number, got {raw:?}")))
+}
+
+fn parse_at_least_one(name: &str, raw: &str) -> Result<usize, ConfigError> {
+    match parse_number(name, raw)? {
+        0 => Err(bad(format!("{name} must be at least 1"))),
+        value => Ok(value),
+    }
+}
+
+/// A per-address cap, where 0 means none: behind a proxy that hides client
+/// addresses every client shares one.
+fn parse_cap(name: &str, raw: &str) -> Result<usize, ConfigError> {
+    match parse_number(name, raw)? {
+        0 => Ok(usize::MAX),
+        value => Ok(value),
+    }
 }
 
 fn parse_duration(name: &str, raw: &str) -> Result<Duration, ConfigError> {
@@ -423,6 +467,24 @@ impl Config {
                 0 => None,
                 limit => Some(limit),
             },
+            subscriptions_per_connection: parse_at_least_one(
+                "MAX_SUBSCRIPTIONS_PER_CONNECTION",
+                &args.max_subscriptions_per_connection,
+            )?,
+            subscriptions_per_address: parse_cap(
+                "MAX_SUBSCRIPTIONS_PER_ADDRESS",
+                &args.max_subscriptions_per_address,
+            )?,
+            websocket: WebSocketLimits {
+                operations_per_connection: parse_at_least_one(
+                    "MAX_OPERATIONS_PER_CONNECTION",
+                    &args.max_operations_per_connection,
+                )?,
+                websockets_per_address: parse_cap(
+                    "MAX_WEBSOCKETS_PER_ADDRESS",
+                    &args.max_websockets_per_address,
+                )?,
+            },
             log_format,
             login_limits: crate::auth::rate_limit::LoginLimits {
                 per_email: parse_number("LOGIN_MAX_FAILURES_PER_EMAIL", &args.login_max_failures_per_email)?,
@@ -510,6 +572,23 @@ mod tests {
         assert!(!format!("{url:?}").contains("hunter2"));
         let secret = Secret::new("0123456789abcdef0123456789abcdef");
         assert!(!format!("{secret:?}").contains("0123"));
+    }
+
+    #[test]
+    fn subscription_and_socket_caps() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.subscriptions_per_connection, 10);
+        assert_eq!(config.subscriptions_per_address, 100);
+        assert_eq!(config.websocket.operations_per_connection, 32);
+        assert_eq!(config.websocket.websockets_per_address, 100);
+        let unlimited = parse(&["--max-subscriptions-per-address", "0", "--max-websockets-per-address", "0"])
+            .expect("valid");
+        assert_eq!(unlimited.subscriptions_per_address, usize::MAX);
+        assert_eq!(unlimited.websocket.websockets_per_address, usize::MAX);
+        assert!(
+            error(&["--max-subscriptions-per-connection", "0"]).contains("MAX_SUBSCRIPTIONS_PER_CONNECTION")
+        );
+        assert!(error(&["--max-operations-per-connection", "0"]).contains("MAX_OPERATIONS_PER_CONNECTION"));
     }
 
     #[test]

@@ -163,7 +163,14 @@ impl Db {
         let pools = Pools::connect(config)?;
         // SQLite's hub is live from the start; PostgreSQL's once its listener is.
         let live = matches!(pools, Pools::Sqlite { .. });
-        let hub = Arc::new(Hub::new(config.subscriptions_per_user, config.subscriptions_per_instance, live));
+        let limits = crate::events::HubLimits {
+            subscriptions_per_user: config.subscriptions_per_user,
+            subscriptions_per_instance: config.subscriptions_per_instance,
+            subscriptions_per_connection: config.subscriptions_per_connection,
+            subscriptions_per_address: config.subscriptions_per_address,
+            sockets_per_address: config.websocket.websockets_per_address,
+        };
+        let hub = Arc::new(Hub::new(limits, live));
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
         let pool_sizes = match &pools {
             Pools::Postgres(_) => vec![("postgres", config.database_pool_size.unwrap_or(2 * cores))],

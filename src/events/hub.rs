@@ -2,12 +2,13 @@
 //! subscribers, so an event wakes only its owner's subscriptions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
 
 use super::{Notice, TodoChange};
+use crate::auth::rate_limit::ClientAddr;
 use crate::db::types::DbId;
 use crate::error::{AppError, AppResult};
 
@@ -32,16 +33,63 @@ struct Channel {
     subscribers: usize,
 }
 
+/// Caps on what is open at once; `usize::MAX` means no cap.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    pub subscriptions_per_user: usize,
+    pub subscriptions_per_instance: usize,
+    pub subscriptions_per_connection: usize,
+    pub subscriptions_per_address: usize,
+    pub sockets_per_address: usize,
+}
+
+/// One WebSocket connection, as the hub counts its subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(u64);
+
+/// Where a subscription comes from, for the caps that are not per user.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin {
+    pub connection: Option<ConnectionId>,
+    pub address: Option<ClientAddr>,
+}
+
 #[derive(Default)]
 struct Channels {
     by_user: HashMap<DbId, Channel>,
     total: usize,
+    by_connection: HashMap<ConnectionId, usize>,
+    by_address: HashMap<ClientAddr, usize>,
+    sockets_by_address: HashMap<ClientAddr, usize>,
+    sockets: usize,
+}
+
+/// Adds one to `key`'s count.
+fn count_in<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K) {
+    *counts.entry(key).or_default() += 1;
+}
+
+/// Takes one from `key`'s count, forgetting keys that reach zero so the maps
+/// hold only what is open.
+fn count_out<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K) {
+    if let std::collections::hash_map::Entry::Occupied(mut entry) = counts.entry(key) {
+        *entry.get_mut() = entry.get().saturating_sub(1);
+        if *entry.get() == 0 {
+            entry.remove();
+        }
+    }
+}
+
+fn count_of<K: std::hash::Hash + Eq>(counts: &HashMap<K, usize>, key: &K) -> usize {
+    counts.get(key).copied().unwrap_or(0)
 }
 
 pub struct Hub {
+    /// Every count the caps look at, under one lock: a subscription is
+    /// checked against all its caps and counted in all of them at once.
     channels: Mutex<Channels>,
-    max_per_user: usize,
-    max_total: usize,
+    limits: HubLimits,
+    next_connection: AtomicU64,
     /// False while the PostgreSQL listener is reconnecting: a subscription
     /// started then could silently miss events, so none is started.
     live: AtomicBool,
@@ -50,43 +98,75 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(max_per_user: usize, max_total: usize, live: bool) -> Self {
+    pub fn new(limits: HubLimits, live: bool) -> Self {
         Self {
             channels: Mutex::default(),
-            max_per_user,
-            max_total,
+            limits,
+            next_connection: AtomicU64::new(0),
             live: AtomicBool::new(live),
             users: Default::default(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Channels> {
-        // A panic while holding this lock leaves the map consistent (every
+        // A panic while holding this lock leaves the maps consistent (every
         // update is a single insert/remove), so poisoning can be ignored.
         self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn subscribe(self: &Arc<Self>, owner: DbId) -> AppResult<HubSubscription> {
+    pub fn subscribe(self: &Arc<Self>, owner: DbId, origin: Origin) -> AppResult<HubSubscription> {
         if !self.live.load(Ordering::Acquire) {
             return Err(AppError::Unavailable("the event listener is reconnecting".into()));
         }
+        let limits = &self.limits;
         let mut channels = self.lock();
-        if channels.total >= self.max_total {
+        if channels.total >= limits.subscriptions_per_instance {
             return Err(AppError::TooManySubscriptions(
                 "This server has too many open subscriptions; try again later",
             ));
+        }
+        if let Some(address) = origin.address
+            && count_of(&channels.by_address, &address) >= limits.subscriptions_per_address
+        {
+            return Err(AppError::TooManySubscriptions("Too many open subscriptions from this address"));
+        }
+        if let Some(connection) = origin.connection
+            && count_of(&channels.by_connection, &connection) >= limits.subscriptions_per_connection
+        {
+            return Err(AppError::TooManySubscriptions("Too many open subscriptions on this connection"));
+        }
+        if channels.by_user.get(&owner).map_or(0, |c| c.subscribers) >= limits.subscriptions_per_user {
+            return Err(AppError::TooManySubscriptions("Too many open subscriptions for this account"));
         }
         let channel = channels
             .by_user
             .entry(owner)
             .or_insert_with(|| Channel { sender: broadcast::channel(SUBSCRIBER_BUFFER).0, subscribers: 0 });
-        if channel.subscribers >= self.max_per_user {
-            return Err(AppError::TooManySubscriptions("Too many open subscriptions for this account"));
-        }
         channel.subscribers += 1;
         let receiver = channel.sender.subscribe();
         channels.total += 1;
-        Ok(HubSubscription { hub: Arc::clone(self), owner, receiver })
+        if let Some(connection) = origin.connection {
+            count_in(&mut channels.by_connection, connection);
+        }
+        if let Some(address) = origin.address {
+            count_in(&mut channels.by_address, address);
+        }
+        Ok(HubSubscription { hub: Arc::clone(self), owner, origin, receiver })
+    }
+
+    /// Registers a WebSocket connection from `address`; `None` when that
+    /// address already has as many as it may.
+    pub fn open_socket(self: &Arc<Self>, address: Option<ClientAddr>) -> Option<SocketSlot> {
+        let mut channels = self.lock();
+        if let Some(address) = address {
+            if count_of(&channels.sockets_by_address, &address) >= self.limits.sockets_per_address {
+                return None;
+            }
+            count_in(&mut channels.sockets_by_address, address);
+        }
+        channels.sockets += 1;
+        let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        Some(SocketSlot { hub: Arc::clone(self), id, address })
     }
 
     /// Delivers a committed write's notice to its owner's subscribers.
@@ -128,7 +208,11 @@ impl Hub {
         self.lock().total
     }
 
-    fn release(&self, owner: DbId) {
+    pub fn open_sockets(&self) -> usize {
+        self.lock().sockets
+    }
+
+    fn release(&self, owner: DbId, origin: Origin) {
         let mut channels = self.lock();
         channels.total = channels.total.saturating_sub(1);
         if let Some(channel) = channels.by_user.get_mut(&owner) {
@@ -137,6 +221,35 @@ impl Hub {
                 channels.by_user.remove(&owner);
             }
         }
+        if let Some(connection) = origin.connection {
+            count_out(&mut channels.by_connection, connection);
+        }
+        if let Some(address) = origin.address {
+            count_out(&mut channels.by_address, address);
+        }
+    }
+}
+
+/// One open WebSocket connection; releases its place when dropped.
+pub struct SocketSlot {
+    hub: Arc<Hub>,
+    id: ConnectionId,
+    address: Option<ClientAddr>,
+}
+
+impl SocketSlot {
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut channels = self.hub.lock();
+        channels.sockets = channels.sockets.saturating_sub(1);
+        if let Some(address) = self.address {
+            count_out(&mut channels.sockets_by_address, address);
+        }
     }
 }
 
@@ -144,6 +257,7 @@ impl Hub {
 pub struct HubSubscription {
     hub: Arc<Hub>,
     owner: DbId,
+    origin: Origin,
     receiver: broadcast::Receiver<HubMessage>,
 }
 
@@ -160,7 +274,7 @@ impl HubSubscription {
 
 impl Drop for HubSubscription {
     fn drop(&mut self) {
-        self.hub.release(self.owner);
+        self.hub.release(self.owner, self.origin);
     }
 }
 
@@ -169,6 +283,20 @@ mod tests {
     use super::*;
     use crate::db::types::DbTime;
     use crate::todos::Todo;
+
+    fn limits(per_user: usize, per_instance: usize) -> HubLimits {
+        HubLimits {
+            subscriptions_per_user: per_user,
+            subscriptions_per_instance: per_instance,
+            subscriptions_per_connection: usize::MAX,
+            subscriptions_per_address: usize::MAX,
+            sockets_per_address: usize::MAX,
+        }
+    }
+
+    fn hub(per_user: usize, per_instance: usize) -> Arc<Hub> {
+        Arc::new(Hub::new(limits(per_user, per_instance), true))
+    }
 
     fn todo() -> Todo {
         Todo {
@@ -183,10 +311,10 @@ mod tests {
 
     #[tokio::test]
     async fn delivers_only_to_the_owner_in_order() {
-        let hub = Arc::new(Hub::new(10, 100, true));
+        let hub = hub(10, 100);
         let (alice, bob) = (DbId::new(), DbId::new());
-        let mut alice_sub = hub.subscribe(alice).expect("subscribes");
-        let mut bob_sub = hub.subscribe(bob).expect("subscribes");
+        let mut alice_sub = hub.subscribe(alice, Origin::default()).expect("subscribes");
+        let mut bob_sub = hub.subscribe(bob, Origin::default()).expect("subscribes");
         let (first, second) = (todo(), todo());
         hub.publish(&Notice::changes(
             alice,
@@ -202,28 +330,77 @@ mod tests {
 
     #[tokio::test]
     async fn caps_and_releases_slots() {
-        let hub = Arc::new(Hub::new(2, 3, true));
+        let hub = hub(2, 3);
         let (alice, bob) = (DbId::new(), DbId::new());
-        let a1 = hub.subscribe(alice).expect("1st");
-        let _a2 = hub.subscribe(alice).expect("2nd");
-        assert!(matches!(hub.subscribe(alice), Err(AppError::TooManySubscriptions(_))));
-        let _b1 = hub.subscribe(bob).expect("bob");
-        assert!(matches!(hub.subscribe(bob), Err(AppError::TooManySubscriptions(_))), "instance cap");
+        let a1 = hub.subscribe(alice, Origin::default()).expect("1st");
+        let _a2 = hub.subscribe(alice, Origin::default()).expect("2nd");
+        assert!(matches!(hub.subscribe(alice, Origin::default()), Err(AppError::TooManySubscriptions(_))));
+        let _b1 = hub.subscribe(bob, Origin::default()).expect("bob");
+        assert!(
+            matches!(hub.subscribe(bob, Origin::default()), Err(AppError::TooManySubscriptions(_))),
+            "instance cap"
+        );
         drop(a1);
         assert_eq!(hub.open_subscriptions(), 2);
-        let _b2 = hub.subscribe(bob).expect("a slot was released");
+        let _b2 = hub.subscribe(bob, Origin::default()).expect("a slot was released");
         hub.set_live(false);
-        assert!(matches!(hub.subscribe(DbId::new()), Err(AppError::Unavailable(_))));
+        assert!(matches!(hub.subscribe(DbId::new(), Origin::default()), Err(AppError::Unavailable(_))));
     }
 
     #[tokio::test]
     async fn a_lagging_subscriber_is_told() {
-        let hub = Arc::new(Hub::new(10, 100, true));
+        let hub = hub(10, 100);
         let owner = DbId::new();
-        let mut slow = hub.subscribe(owner).expect("subscribes");
+        let mut slow = hub.subscribe(owner, Origin::default()).expect("subscribes");
         for _ in 0..=SUBSCRIBER_BUFFER {
             hub.publish(&Notice::changes(owner, vec![TodoChange::Deleted(DbId::new())]));
         }
         assert!(matches!(slow.recv().await, HubMessage::Lost));
+    }
+
+    #[tokio::test]
+    async fn caps_per_connection_and_address_and_releases_them() {
+        let hub = Arc::new(Hub::new(
+            HubLimits {
+                subscriptions_per_connection: 2,
+                subscriptions_per_address: 3,
+                sockets_per_address: 2,
+                ..limits(100, 100)
+            },
+            true,
+        ));
+        let here = ClientAddr::new("192.0.2.1".parse().expect("ip"));
+        let there = ClientAddr::new("192.0.2.2".parse().expect("ip"));
+        let one = hub.open_socket(Some(here)).expect("1st socket");
+        let two = hub.open_socket(Some(here)).expect("2nd socket");
+        assert!(hub.open_socket(Some(here)).is_none(), "sockets per address");
+        let elsewhere = hub.open_socket(Some(there)).expect("another address");
+        assert_eq!(hub.open_sockets(), 3);
+        let from =
+            |slot: &SocketSlot, address| Origin { connection: Some(slot.id()), address: Some(address) };
+        let refused = |result: AppResult<HubSubscription>| match result {
+            Err(AppError::TooManySubscriptions(message)) => message,
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("accepted"),
+        };
+        let (alice, bob) = (DbId::new(), DbId::new());
+        let a1 = hub.subscribe(alice, from(&one, here)).expect("1st");
+        let a2 = hub.subscribe(bob, from(&one, here)).expect("2nd");
+        assert!(refused(hub.subscribe(alice, from(&one, here))).contains("connection"));
+        let b1 = hub.subscribe(bob, from(&two, here)).expect("3rd from the address");
+        assert!(refused(hub.subscribe(alice, from(&two, here))).contains("address"));
+        // Other addresses and connections are not affected.
+        let c1 = hub.subscribe(alice, from(&elsewhere, there)).expect("elsewhere");
+        drop(a1);
+        let a3 = hub.subscribe(alice, from(&one, here)).expect("a slot was released");
+        drop(two);
+        assert_eq!(hub.open_sockets(), 2);
+        let three = hub.open_socket(Some(here)).expect("a socket slot was released");
+        // Nothing lingers once everything is closed.
+        drop((a2, b1, c1, a3, one, three, elsewhere));
+        let channels = hub.lock();
+        assert_eq!((channels.total, channels.sockets), (0, 0));
+        assert!(channels.by_connection.is_empty() && channels.by_address.is_empty());
+        assert!(channels.sockets_by_address.is_empty() && channels.by_user.is_empty());
     }
 }

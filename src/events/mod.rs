@@ -10,7 +10,7 @@
 pub mod hub;
 pub mod postgres;
 
-pub use hub::{Hub, HubMessage, HubSubscription};
+pub use hub::{ConnectionId, Hub, HubLimits, HubMessage, HubSubscription, Origin, SocketSlot};
 
 use crate::db::types::DbId;
 use crate::todos::Todo;

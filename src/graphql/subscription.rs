@@ -10,8 +10,9 @@ use super::ContextExt as _;
 use super::todo::{Todo, id_of};
 use crate::app::App;
 use crate::auth::guard::{self, TOKEN_EXPIRED, TOKEN_REVOKED, TokenSession};
+use crate::auth::rate_limit::ClientAddr;
 use crate::error::AppError;
-use crate::events::{HubMessage, TodoChange};
+use crate::events::{ConnectionId, HubMessage, Origin, TodoChange};
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
 pub enum TodoEventKind {
@@ -61,7 +62,12 @@ impl Subscription {
         // published before it has already evicted the account cache, so the
         // check sees it. Checking first would leave a gap in which a
         // revocation is missed until the next recheck.
-        let mut subscription = app.db.hub.subscribe(owner)?;
+        // Over a WebSocket the connection and client address are in its data.
+        let origin = Origin {
+            connection: ctx.data_opt::<ConnectionId>().copied(),
+            address: ctx.data_opt::<ClientAddr>().copied(),
+        };
+        let mut subscription = app.db.hub.subscribe(owner, origin)?;
         if let Some(session) = session {
             guard::check_session(&app.db, session).await?;
         }

@@ -145,6 +145,9 @@ pub async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     out.push_str("# HELP todoql_subscriptions_open Open todoEvents subscriptions on this instance.\n");
     out.push_str("# TYPE todoql_subscriptions_open gauge\n");
     let _ = writeln!(out, "todoql_subscriptions_open {}", state.app.db.hub.open_subscriptions());
+    out.push_str("# HELP todoql_websockets_open Open WebSocket connections on this instance.\n");
+    out.push_str("# TYPE todoql_websockets_open gauge\n");
+    let _ = writeln!(out, "todoql_websockets_open {}", state.app.db.hub.open_sockets());
 
     let size = |name: &str| state.app.db.pool_sizes.iter().find(|(n, _)| *n == name).map_or(0, |(_, s)| *s);
     let pools: Vec<(&str, bb8::State, u32)> = match &state.app.db.pools {

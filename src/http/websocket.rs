@@ -16,16 +16,16 @@
 //! where an app puts its fresh token) and re-send the operations that were
 //! in flight, whereas an error would reach the app as a failed query.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols, WsMessage};
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, ClientMessage, WebSocketProtocols, WsMessage};
 use async_graphql::{Data, Executor, Request, ServerError};
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::BoxStream;
+use futures_util::stream::{BoxStream, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _, future};
 use std::str::FromStr as _;
 use tokio::sync::Notify;
@@ -35,6 +35,7 @@ use crate::app::App;
 use crate::auth::guard::{self, TokenSession};
 use crate::auth::rate_limit::ClientAddr;
 use crate::error::AppError;
+use crate::events::SocketSlot;
 use crate::graphql::TodoqlSchema;
 
 /// How often the server pings an idle, acknowledged connection.
@@ -73,6 +74,17 @@ pub async fn upgrade(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    // Each connection costs memory and a task: one address may hold only
+    // so many. Refused before the upgrade, as HTTP: graphql-ws clients
+    // retry a failed connection with back-off.
+    let Some(slot) = state.app.db.hub.open_socket(client) else {
+        return (
+            ::http::StatusCode::TOO_MANY_REQUESTS,
+            [(::http::header::RETRY_AFTER, "10")],
+            "Too many WebSocket connections from this address",
+        )
+            .into_response();
+    };
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         // tungstenite's defaults (128 KiB read and write buffers) would cost
@@ -83,7 +95,7 @@ pub async fn upgrade(
         // A subscribe message carries a document: the HTTP body limit applies.
         .max_message_size(state.app.config.limits.max_body_bytes)
         .max_frame_size(state.app.config.limits.max_body_bytes)
-        .on_upgrade(move |socket| serve(socket, state, protocol, client))
+        .on_upgrade(move |socket| serve(socket, state, protocol, client, slot))
 }
 
 /// The token of a `connection_init` payload: `Authorization`,
@@ -102,7 +114,6 @@ fn init_payload_token(payload: &serde_json::Value) -> Option<String> {
 }
 
 /// What the parts of one connection share.
-#[derive(Default)]
 struct SocketState {
     /// The token accepted at `connection_init`.
     session: OnceLock<TokenSession>,
@@ -110,9 +121,32 @@ struct SocketState {
     /// close (a token that stopped being good); the send loop does it.
     close: Mutex<Option<(u16, &'static str)>>,
     close_requested: Notify,
+    /// Operations running now, and how many may.
+    operations: AtomicUsize,
+    max_operations: usize,
+    /// Operations refused for the cap whose answer has not gone out yet.
+    refused: AtomicUsize,
+    refusal_sent: Notify,
 }
 
+/// How many refused operations may wait for their answer before the socket
+/// stops reading: a flood of `subscribe` messages past the cap then waits
+/// in the peer's TCP buffers, not in server memory.
+const MAX_REFUSALS_PENDING: usize = 8;
+
 impl SocketState {
+    fn new(max_operations: usize) -> Self {
+        Self {
+            session: OnceLock::new(),
+            close: Mutex::new(None),
+            close_requested: Notify::new(),
+            operations: AtomicUsize::new(0),
+            max_operations,
+            refused: AtomicUsize::new(0),
+            refusal_sent: Notify::new(),
+        }
+    }
+
     fn request_close(&self, code: u16, reason: &'static str) {
         let mut close = self.close.lock().unwrap_or_else(|p| p.into_inner());
         close.get_or_insert((code, reason));
@@ -121,6 +155,48 @@ impl SocketState {
 
     fn close_reason(&self) -> Option<(u16, &'static str)> {
         *self.close.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more operation, if the connection has one.
+    fn start_operation(self: &Arc<Self>) -> Option<Counted> {
+        self.operations
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_operations).then_some(n + 1))
+            .ok()
+            .map(|_| Counted { socket: Arc::clone(self), refusal: false })
+    }
+
+    fn refuse_operation(self: &Arc<Self>) -> Counted {
+        self.refused.fetch_add(1, Ordering::AcqRel);
+        Counted { socket: Arc::clone(self), refusal: true }
+    }
+
+    /// Resolves once few enough refusals are waiting to be sent.
+    async fn refusals_drained(&self) {
+        loop {
+            let sent = self.refusal_sent.notified();
+            if self.refused.load(Ordering::Acquire) < MAX_REFUSALS_PENDING {
+                return;
+            }
+            sent.await;
+        }
+    }
+}
+
+/// An operation (or a refusal) in flight; uncounted when async-graphql drops
+/// its stream: finished, stopped by the client, or the socket gone.
+struct Counted {
+    socket: Arc<SocketState>,
+    refusal: bool,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.refusal {
+            self.socket.refused.fetch_sub(1, Ordering::AcqRel);
+            self.socket.refusal_sent.notify_waiters();
+        } else {
+            self.socket.operations.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -146,8 +222,25 @@ impl Executor for SocketExecutor {
         request: Request,
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, async_graphql::Response> {
+        // Every operation (a query or mutation as much as a subscription)
+        // holds its stream in async-graphql until it ends; the cap bounds
+        // the work and memory one socket can have pending. Past it the
+        // operation is answered TOO_MANY_SUBSCRIPTIONS (every operation is
+        // a "subscription" in graphql-transport-ws terms) and the socket
+        // stays open: the client's other operations are not its fault.
+        let Some(counted) = self.socket.start_operation() else {
+            let refused = self.socket.refuse_operation();
+            return async_stream::stream! {
+                // Counted until async-graphql has sent the answer and the
+                // `complete` and dropped the stream.
+                let _refused = refused;
+                yield refusal(AppError::TooManySubscriptions("Too many operations in flight on this connection"));
+            }
+            .boxed();
+        };
         let this = self.clone();
         async_stream::stream! {
+            let _counted = counted;
             // async-graphql runs no operation before connection_init
             // succeeded, so the session is set; without one, refuse anyway.
             let allowed = match this.socket.session.get() {
@@ -191,22 +284,49 @@ fn refusal(error: AppError) -> async_graphql::Response {
     async_graphql::Response::from_errors(vec![server_error])
 }
 
+/// The client's messages, as async-graphql reads them.
+fn client_messages(
+    mut source: SplitStream<WebSocket>,
+    socket: Arc<SocketState>,
+) -> impl futures_util::Stream<Item = serde_json::Result<ClientMessage>> {
+    async_stream::stream! {
+        while let Some(Ok(frame)) = source.next().await {
+            let bytes = match frame {
+                Message::Text(text) => axum::body::Bytes::from(text),
+                Message::Binary(bytes) => bytes,
+                Message::Close(_) => break,
+                // tungstenite answers pings itself.
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            let message = ClientMessage::from_bytes(&bytes);
+            let starts = matches!(message, Ok(ClientMessage::Start { .. }));
+            if starts {
+                socket.refusals_drained().await;
+            }
+            yield message;
+            if starts {
+                // async-graphql reads every message that is ready before
+                // it runs any operation: hand control back after each one,
+                // so a burst of them meets the caps one at a time.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
 async fn serve(
     socket: WebSocket,
     state: HttpState,
     protocol: WebSocketProtocols,
     client: Option<ClientAddr>,
+    slot: SocketSlot,
 ) {
     let (mut sink, source) = socket.split();
-    let input = source.take_while(|message| future::ready(message.is_ok())).filter_map(|message| {
-        future::ready(match message {
-            Ok(message @ (Message::Text(_) | Message::Binary(_))) => Some(message.into_data()),
-            _ => None,
-        })
-    });
+    let socket_state = Arc::new(SocketState::new(state.app.config.websocket.operations_per_connection));
+    let input = client_messages(source, Arc::clone(&socket_state));
+    let connection = slot.id();
 
     let refused = Arc::new(AtomicBool::new(false));
-    let socket_state = Arc::new(SocketState::default());
     let on_init = {
         let state = state.clone();
         let refused = Arc::clone(&refused);
@@ -226,6 +346,7 @@ async fn serve(
                     let mut data = Data::default();
                     data.insert(user);
                     data.insert(session);
+                    data.insert(connection);
                     if let Some(client) = client {
                         data.insert(client);
                     }
@@ -246,7 +367,7 @@ async fn serve(
         app: Arc::clone(&state.app),
         socket: Arc::clone(&socket_state),
     };
-    let protocol_stream = async_graphql::http::WebSocket::new(executor, input, protocol)
+    let protocol_stream = async_graphql::http::WebSocket::from_message_stream(executor, input, protocol)
         .on_connection_init(on_init)
         .keepalive_timeout(silence);
     futures_util::pin_mut!(protocol_stream);

@@ -191,16 +191,30 @@ impl TestApp {
     /// Waits until this instance has exactly `expected` subscriptions
     /// registered with its event hub (see [`crate::ws::open_subscriptions`]).
     pub async fn wait_for_open_subscriptions(&self, expected: usize) {
+        self.wait_for_gauge("open subscriptions", expected, async || {
+            crate::ws::open_subscriptions(self.addr).await
+        })
+        .await;
+    }
+
+    /// Waits until this instance has exactly `expected` WebSocket connections open.
+    pub async fn wait_for_open_websockets(&self, expected: usize) {
+        let read = async || crate::ws::gauge(self.addr, "todoql_websockets_open").await;
+        self.wait_for_gauge("open WebSockets", expected, read).await;
+    }
+
+    /// Waits until `read` (a `/metrics` gauge) says `expected`.
+    async fn wait_for_gauge(&self, name: &str, expected: usize, read: impl AsyncFn() -> Option<usize>) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut last = None;
         while std::time::Instant::now() < deadline {
-            last = crate::ws::open_subscriptions(self.addr).await;
+            last = read().await;
             if last == Some(expected) {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        panic!("expected {expected} open subscriptions, /metrics says {last:?}");
+        panic!("expected {expected} {name}, /metrics says {last:?}");
     }
 }
 

@@ -19,3 +19,4 @@ mod rate_limit;
 mod subscriptions;
 mod todos;
 mod ws_auth;
+mod ws_limits;

@@ -8,7 +8,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct WsClient {
     socket: Socket,
@@ -57,13 +58,20 @@ impl WsClient {
         protocol: Protocol,
         payload: Value,
     ) -> Result<Self, u16> {
-        let mut request = format!("ws://{addr}/graphql").into_client_request().expect("request");
-        request.headers_mut().insert("sec-websocket-protocol", protocol.header().parse().expect("header"));
-        let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade");
-        assert_eq!(
-            response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
-            Some(protocol.header())
-        );
+        Self::connect_from(addr, None, protocol, payload).await
+    }
+
+    /// [`WsClient::connect_with`] from a chosen local address (any of
+    /// 127.0.0.0/8 on Linux): another client address, as the server sees it.
+    pub async fn connect_from(
+        addr: std::net::SocketAddr,
+        source: Option<std::net::IpAddr>,
+        protocol: Protocol,
+        payload: Value,
+    ) -> Result<Self, u16> {
+        let socket = handshake(addr, source, protocol).await.unwrap_or_else(|status| {
+            panic!("the WebSocket upgrade was refused with HTTP {status}");
+        });
         let mut client = Self { socket, legacy: protocol == Protocol::Legacy };
         client.send(json!({"type": "connection_init", "payload": payload})).await;
         match client.next().await {
@@ -161,6 +169,34 @@ impl WsClient {
     }
 }
 
+/// Opens a WebSocket to `addr` (from `source`, if given) offering
+/// `protocol`: the socket, or the HTTP status the upgrade was refused with.
+pub async fn handshake(
+    addr: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+    protocol: Protocol,
+) -> Result<Socket, u16> {
+    let mut request = format!("ws://{addr}/graphql").into_client_request().expect("request");
+    request.headers_mut().insert("sec-websocket-protocol", protocol.header().parse().expect("header"));
+    let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(source) = source {
+        tcp.bind(std::net::SocketAddr::new(source, 0)).expect("bind the source address");
+    }
+    let stream = tcp.connect(addr).await.expect("TCP connect");
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((socket, response)) => {
+            assert_eq!(
+                response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
+                Some(protocol.header())
+            );
+            Ok(socket)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(error) => panic!("WebSocket upgrade failed: {error}"),
+    }
+}
+
 pub const TODO_EVENTS: &str =
     "subscription { todoEvents { kind todoId todo { id title description completed } } }";
 
@@ -171,9 +207,14 @@ pub const TODO_EVENTS: &str =
 /// published before a subscription registers are (rightly) not delivered to
 /// it, so tests wait on this rather than on a guessed sleep.
 pub async fn open_subscriptions(addr: std::net::SocketAddr) -> Option<usize> {
+    gauge(addr, "todoql_subscriptions_open").await
+}
+
+/// A gauge of the server at `addr`, from `/metrics`.
+pub async fn gauge(addr: std::net::SocketAddr, name: &str) -> Option<usize> {
     let body = reqwest::get(format!("http://{addr}/metrics")).await.ok()?.text().await.ok()?;
     body.lines()
-        .find_map(|line| line.strip_prefix("todoql_subscriptions_open "))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
 }
 
