@@ -115,6 +115,18 @@ pub struct ConfigArgs {
     /// Open WebSocket connections allowed per client address (0: no limit).
     #[arg(long, env = "MAX_WEBSOCKETS_PER_ADDRESS", default_value = "100", global = true)]
     pub max_websockets_per_address: String,
+    /// A WebSocket send blocked this long (the peer stopped reading) drops
+    /// the connection.
+    #[arg(long, env = "WS_WRITE_TIMEOUT", default_value = "10s", global = true)]
+    pub ws_write_timeout: String,
+    /// How often the server pings each WebSocket (a WebSocket Ping frame,
+    /// plus the protocol's own keep-alive message).
+    #[arg(long, env = "WS_PING_INTERVAL", default_value = "15s", global = true)]
+    pub ws_ping_interval: String,
+    /// A WebSocket peer silent this long (no frame at all, pongs included)
+    /// is dropped.
+    #[arg(long, env = "WS_IDLE_TIMEOUT", default_value = "45s", global = true)]
+    pub ws_idle_timeout: String,
     /// How often a live subscription re-checks that its token is still valid
     /// (revocations also arrive as events; this is the backstop).
     #[arg(long, env = "SUBSCRIPTION_RECHECK", default_value = "30s", global = true)]
@@ -264,6 +276,11 @@ pub struct WebSocketLimits {
     /// limit). Unlike `MAX_CONNECTIONS_PER_ADDRESS` (TCP connections per
     /// peer), it counts the client address behind trusted proxies too.
     pub websockets_per_address: usize,
+    /// Longest a send may block before the peer is taken for gone.
+    pub write_timeout: Duration,
+    pub ping_interval: Duration,
+    /// Longest a peer may stay silent; longer than `ping_interval`.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -448,6 +465,14 @@ impl Config {
             ));
         }
 
+        let ping_interval = parse_duration("WS_PING_INTERVAL", &args.ws_ping_interval)?;
+        let idle_timeout = parse_duration("WS_IDLE_TIMEOUT", &args.ws_idle_timeout)?;
+        // A peer answers a ping only after it was sent: a timeout no longer
+        // than the interval would drop healthy idle connections.
+        if idle_timeout <= ping_interval {
+            return Err(bad("WS_IDLE_TIMEOUT must be longer than WS_PING_INTERVAL"));
+        }
+
         Ok(Self {
             database_url,
             listen_addr,
@@ -484,6 +509,9 @@ impl Config {
                     "MAX_WEBSOCKETS_PER_ADDRESS",
                     &args.max_websockets_per_address,
                 )?,
+                write_timeout: parse_duration("WS_WRITE_TIMEOUT", &args.ws_write_timeout)?,
+                ping_interval,
+                idle_timeout,
             },
             log_format,
             login_limits: crate::auth::rate_limit::LoginLimits {
@@ -589,6 +617,11 @@ mod tests {
             error(&["--max-subscriptions-per-connection", "0"]).contains("MAX_SUBSCRIPTIONS_PER_CONNECTION")
         );
         assert!(error(&["--max-operations-per-connection", "0"]).contains("MAX_OPERATIONS_PER_CONNECTION"));
+        assert_eq!(config.websocket.write_timeout, Duration::from_secs(10));
+        assert_eq!(config.websocket.ping_interval, Duration::from_secs(15));
+        assert_eq!(config.websocket.idle_timeout, Duration::from_secs(45));
+        assert!(error(&["--ws-idle-timeout", "15s"]).contains("WS_IDLE_TIMEOUT"));
+        assert!(error(&["--ws-write-timeout", "0s"]).contains("WS_WRITE_TIMEOUT"));
     }
 
     #[test]

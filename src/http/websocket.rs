@@ -3,8 +3,11 @@
 //!
 //! async-graphql speaks the protocol; this loop around it adds what a
 //! production server needs: the protocol's close codes (4403 for a refused
-//! token, 4408 for a missing `connection_init`), server pings so dead peers
-//! are noticed, and a clean 1001 close on shutdown.
+//! token, 4408 for a missing `connection_init`), a clean 1001 close on
+//! shutdown, and the end of peers that are gone: WebSocket Ping frames on
+//! both protocols with a silence timeout (3008), and a timeout on every send,
+//! so a peer that stops reading cannot hold a task, its subscriptions and
+//! their slots forever.
 //!
 //! Every operation on a socket is authenticated when it starts, not only the
 //! socket at `connection_init`: [`SocketExecutor`] checks the connection's
@@ -16,16 +19,16 @@
 //! where an app puts its fresh token) and re-send the operations that were
 //! in flight, whereas an error would reach the app as a failed query.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, ClientMessage, WebSocketProtocols, WsMessage};
 use async_graphql::{Data, Executor, Request, ServerError};
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{BoxStream, SplitStream};
+use futures_util::stream::{BoxStream, SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _, future};
 use std::str::FromStr as _;
 use tokio::sync::Notify;
@@ -38,17 +41,15 @@ use crate::error::AppError;
 use crate::events::SocketSlot;
 use crate::graphql::TodoqlSchema;
 
-/// How often the server pings an idle, acknowledged connection.
-const PING_INTERVAL: Duration = Duration::from_secs(15);
-/// A `graphql-transport-ws` peer silent for this long (three unanswered
-/// pings) is gone: close it.
-const SILENCE_TIMEOUT: Duration = Duration::from_secs(45);
 /// The protocol's deadline for `connection_init`.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const CLOSE_FORBIDDEN: u16 = 4403;
 const CLOSE_INIT_TIMEOUT: u16 = 4408;
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// What async-graphql closed a silent `graphql-transport-ws` peer with
+/// before this loop took that over: clients keep seeing the same code.
+const CLOSE_IDLE: u16 = 3008;
 
 pub async fn upgrade(
     state: HttpState,
@@ -127,6 +128,10 @@ struct SocketState {
     /// Operations refused for the cap whose answer has not gone out yet.
     refused: AtomicUsize,
     refusal_sent: Notify,
+    opened: Instant,
+    /// When the peer last sent a frame of any kind, in milliseconds since
+    /// `opened`.
+    last_heard: AtomicU64,
 }
 
 /// How many refused operations may wait for their answer before the socket
@@ -144,7 +149,19 @@ impl SocketState {
             max_operations,
             refused: AtomicUsize::new(0),
             refusal_sent: Notify::new(),
+            opened: Instant::now(),
+            last_heard: AtomicU64::new(0),
         }
+    }
+
+    fn heard(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_heard.store(now, Ordering::Release);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let heard = Duration::from_millis(self.last_heard.load(Ordering::Acquire));
+        self.opened.elapsed().saturating_sub(heard)
     }
 
     fn request_close(&self, code: u16, reason: &'static str) {
@@ -291,6 +308,9 @@ fn client_messages(
 ) -> impl futures_util::Stream<Item = serde_json::Result<ClientMessage>> {
     async_stream::stream! {
         while let Some(Ok(frame)) = source.next().await {
+            // Any frame shows the peer is there and reading: a pong, a
+            // protocol message, a ping of its own.
+            socket.heard();
             let bytes = match frame {
                 Message::Text(text) => axum::body::Bytes::from(text),
                 Message::Binary(bytes) => bytes,
@@ -321,7 +341,7 @@ async fn serve(
     client: Option<ClientAddr>,
     slot: SocketSlot,
 ) {
-    let (mut sink, source) = socket.split();
+    let (sink, source) = socket.split();
     let socket_state = Arc::new(SocketState::new(state.app.config.websocket.operations_per_connection));
     let input = client_messages(source, Arc::clone(&socket_state));
     let connection = slot.id();
@@ -360,31 +380,36 @@ async fn serve(
         }
     };
     let legacy = protocol == WebSocketProtocols::SubscriptionsTransportWS;
-    // The legacy protocol has no pong: only the modern one can be timed out.
-    let silence = if legacy { None } else { Some(SILENCE_TIMEOUT) };
     let executor = SocketExecutor {
         schema: state.schema.clone(),
         app: Arc::clone(&state.app),
         socket: Arc::clone(&socket_state),
     };
+    // No keepalive_timeout: async-graphql's counts only protocol messages and
+    // only on graphql-transport-ws; the silence check below covers both.
     let protocol_stream = async_graphql::http::WebSocket::from_message_stream(executor, input, protocol)
-        .on_connection_init(on_init)
-        .keepalive_timeout(silence);
+        .on_connection_init(on_init);
     futures_util::pin_mut!(protocol_stream);
 
+    let limits = &state.app.config.websocket;
     let mut shutdown = state.app.shutdown.subscribe();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + limits.ping_interval, limits.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
     tokio::pin!(init_deadline);
     let mut acknowledged = false;
 
-    let close = |code: u16, reason: &str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    // Every send is bounded by the write timeout: a peer that stops reading
+    // fills its TCP window, a send then blocks, and without a bound this
+    // task, its subscriptions and their slots would stay forever.
+    let mut out = Outgoing { sink, timeout: limits.write_timeout };
     loop {
         tokio::select! {
             message = protocol_stream.next() => match message {
                 Some(WsMessage::Text(text)) => {
                     acknowledged |= !acknowledged && text.contains("\"connection_ack\"");
-                    if sink.send(Message::Text(text.into())).await.is_err() {
+                    if !out.send(Message::Text(text.into())).await {
                         break;
                     }
                 }
@@ -392,34 +417,77 @@ async fn serve(
                     // async-graphql closes a refused connection_init with 1002;
                     // the protocol says 4403 Forbidden.
                     let code = if code == 1002 && refused.load(Ordering::Acquire) { CLOSE_FORBIDDEN } else { code };
-                    let _ = sink.send(close(code, &reason)).await;
+                    out.close(code, &reason).await;
                     break;
                 }
                 None => break,
             },
-            _ = ping.tick(), if acknowledged => {
-                let ping = if legacy { r#"{"type":"ka"}"# } else { r#"{"type":"ping"}"# };
-                if sink.send(Message::Text(ping.into())).await.is_err() {
+            _ = ping.tick() => {
+                if socket_state.silent_for() >= limits.idle_timeout {
+                    tracing::info!(silent_for = ?socket_state.silent_for(), "dropping a silent WebSocket peer");
+                    out.close(CLOSE_IDLE, "Keep-alive timeout").await;
                     break;
+                }
+                // A WebSocket Ping frame on both protocols: every WebSocket
+                // implementation answers it with a Pong by itself, including
+                // the legacy protocol's clients, which have no pong message.
+                if !out.send(Message::Ping(axum::body::Bytes::new())).await {
+                    break;
+                }
+                // The protocols' own keep-alives, which their clients watch.
+                if acknowledged {
+                    let keepalive = if legacy { r#"{"type":"ka"}"# } else { r#"{"type":"ping"}"# };
+                    if !out.send(Message::Text(keepalive.into())).await {
+                        break;
+                    }
                 }
             }
             () = &mut init_deadline, if !acknowledged => {
-                let _ = sink.send(close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout")).await;
+                out.close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout").await;
                 break;
             }
             () = socket_state.close_requested.notified() => {
                 if let Some((code, reason)) = socket_state.close_reason() {
-                    let _ = sink.send(close(code, reason)).await;
+                    out.close(code, reason).await;
                     break;
                 }
             }
             () = crate::events::stopping(&mut shutdown) => {
-                let _ = sink.send(close(CLOSE_GOING_AWAY, "Server is shutting down")).await;
+                out.close(CLOSE_GOING_AWAY, "Server is shutting down").await;
                 break;
             }
         }
     }
-    let _ = sink.close().await;
+    out.finish().await;
+}
+
+/// The sending half of a socket, every send bounded in time.
+struct Outgoing {
+    sink: SplitSink<WebSocket, Message>,
+    timeout: Duration,
+}
+
+impl Outgoing {
+    /// False when the message could not be sent in time (or at all): the
+    /// peer is gone or not reading, and the connection is to be dropped.
+    async fn send(&mut self, message: Message) -> bool {
+        match tokio::time::timeout(self.timeout, self.sink.send(message)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::info!(timeout = ?self.timeout, "dropping a WebSocket peer that stopped reading");
+                false
+            }
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let _ = self.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    }
+
+    async fn finish(mut self) {
+        let _ = tokio::time::timeout(self.timeout, self.sink.close()).await;
+    }
 }
 
 #[cfg(test)]

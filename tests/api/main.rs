@@ -20,3 +20,4 @@ mod subscriptions;
 mod todos;
 mod ws_auth;
 mod ws_limits;
+mod ws_liveness;

@@ -176,11 +176,26 @@ pub async fn handshake(
     source: Option<std::net::IpAddr>,
     protocol: Protocol,
 ) -> Result<Socket, u16> {
+    handshake_tuned(addr, source, protocol, None).await
+}
+
+/// [`handshake`], with the client's TCP receive buffer set to
+/// `receive_buffer` bytes: a client that stops reading then stops the
+/// server's sends after little data.
+pub async fn handshake_tuned(
+    addr: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+    protocol: Protocol,
+    receive_buffer: Option<u32>,
+) -> Result<Socket, u16> {
     let mut request = format!("ws://{addr}/graphql").into_client_request().expect("request");
     request.headers_mut().insert("sec-websocket-protocol", protocol.header().parse().expect("header"));
     let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
     if let Some(source) = source {
         tcp.bind(std::net::SocketAddr::new(source, 0)).expect("bind the source address");
+    }
+    if let Some(size) = receive_buffer {
+        tcp.set_recv_buffer_size(size).expect("SO_RCVBUF");
     }
     let stream = tcp.connect(addr).await.expect("TCP connect");
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
