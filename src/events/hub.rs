@@ -115,11 +115,14 @@ impl Hub {
     }
 
     pub fn subscribe(self: &Arc<Self>, owner: DbId, origin: Origin) -> AppResult<HubSubscription> {
+        let limits = &self.limits;
+        let mut channels = self.lock();
+        // Checked under the lock that `listener_lost` broadcasts under: a
+        // subscription either registers before that broadcast (and hears
+        // `Lost`) or sees the bus down and is refused, never neither.
         if !self.live.load(Ordering::Acquire) {
             return Err(AppError::Unavailable("the event listener is reconnecting".into()));
         }
-        let limits = &self.limits;
-        let mut channels = self.lock();
         if channels.total >= limits.subscriptions_per_instance {
             return Err(AppError::TooManySubscriptions(
                 "This server has too many open subscriptions; try again later",
@@ -193,11 +196,38 @@ impl Hub {
     }
 
     pub fn set_live(&self, live: bool) {
-        if !live {
-            // Revocations may be missed while the bus is down.
-            self.users.clear();
-        }
+        // Down: revocations may be missed from now on, so nothing cached
+        // may be trusted. Back: a new epoch, so that an account read while
+        // the bus was down (when a revocation could have gone unheard) is
+        // not stored once it is live again.
+        self.users.clear();
         self.live.store(live, Ordering::Release);
+    }
+
+    /// The listener lost its connection: notifications sent until it is
+    /// back are gone. Every subscriber is told, new ones wait for it.
+    pub fn listener_lost(&self) {
+        self.set_live(false);
+        self.broadcast(HubMessage::Lost);
+    }
+
+    /// A notification could not be delivered (unreadable, or a todo it
+    /// named could not be read, or the listener's queue was full): whoever
+    /// it was for may have missed events, and a revocation it carried may
+    /// be unheard. `None`: it is not known whom it was for.
+    pub fn undeliverable(&self, owner: Option<DbId>) {
+        match owner {
+            Some(owner) => {
+                self.users.evict(owner);
+                if let Some(channel) = self.lock().by_user.get(&owner) {
+                    let _ = channel.sender.send(HubMessage::Lost);
+                }
+            }
+            None => {
+                self.users.clear();
+                self.broadcast(HubMessage::Lost);
+            }
+        }
     }
 
     pub fn is_live(&self) -> bool {
@@ -402,5 +432,62 @@ mod tests {
         assert_eq!((channels.total, channels.sockets), (0, 0));
         assert!(channels.by_connection.is_empty() && channels.by_address.is_empty());
         assert!(channels.sockets_by_address.is_empty() && channels.by_user.is_empty());
+    }
+
+    fn user() -> crate::db::users::User {
+        crate::db::users::User {
+            id: DbId::new(),
+            email: "a@b.test".into(),
+            token_version: 1,
+            created_at: DbTime::now(),
+        }
+    }
+
+    #[test]
+    fn an_account_read_while_the_bus_was_down_is_not_cached() {
+        let hub = hub(10, 100);
+        let user = user();
+        hub.set_live(false);
+        let epoch = hub.users.epoch(); // a read begins while down…
+        hub.set_live(true);
+        hub.users.insert(user.clone(), epoch); // …and ends once live again
+        assert_eq!(hub.users.get(user.id), None);
+        let epoch = hub.users.epoch();
+        hub.users.insert(user.clone(), epoch);
+        assert_eq!(hub.users.get(user.id), Some(user));
+    }
+
+    #[tokio::test]
+    async fn undeliverable_notifications_tell_whom_they_may_concern() {
+        let hub = hub(10, 100);
+        let (alice, bob) = (user(), user());
+        let mut alice_sub = hub.subscribe(alice.id, Origin::default()).expect("subscribes");
+        let mut bob_sub = hub.subscribe(bob.id, Origin::default()).expect("subscribes");
+        for account in [&alice, &bob] {
+            let epoch = hub.users.epoch();
+            hub.users.insert(account.clone(), epoch);
+        }
+        // Alice's notification was lost: only she is told, only her cache entry goes.
+        hub.undeliverable(Some(alice.id));
+        assert!(matches!(alice_sub.recv().await, HubMessage::Lost));
+        assert!(bob_sub.receiver.try_recv().is_err());
+        assert_eq!(hub.users.get(alice.id), None);
+        assert_eq!(hub.users.get(bob.id), Some(bob.clone()));
+        // Nobody knows whose it was: everyone is told, the cache starts over.
+        hub.undeliverable(None);
+        assert!(matches!(bob_sub.recv().await, HubMessage::Lost));
+        assert_eq!(hub.users.get(bob.id), None);
+    }
+
+    #[tokio::test]
+    async fn losing_the_listener_ends_subscriptions_and_refuses_new_ones() {
+        let hub = hub(10, 100);
+        let owner = DbId::new();
+        let mut open = hub.subscribe(owner, Origin::default()).expect("subscribes");
+        hub.listener_lost();
+        assert!(matches!(open.recv().await, HubMessage::Lost));
+        assert!(matches!(hub.subscribe(owner, Origin::default()), Err(AppError::Unavailable(_))));
+        hub.set_live(true);
+        hub.subscribe(owner, Origin::default()).expect("live again");
     }
 }

@@ -6,6 +6,7 @@
 //! description) travels as its id and is re-read by the listening instance.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Hub, HubMessage, Notice, TodoChange};
+use super::{Hub, Notice, TodoChange};
 use crate::db::types::{DbId, DbTime};
 use crate::db::{self, Db};
 use crate::error::{AppError, AppResult};
@@ -147,28 +148,112 @@ pub async fn notify(conn: &mut AsyncPgConnection, notice: &Notice) -> Result<(),
     Ok(())
 }
 
-/// Turns a payload back into a notice, re-reading todos that travelled by id.
-async fn decode(db: &Db, payload: &str) -> AppResult<Notice> {
-    let wire: WireNotice = serde_json::from_str(payload)
-        .map_err(|e| AppError::Internal(format!("bad notification payload: {e}")))?;
+/// Delivers one notification to the hub, re-reading the todos that
+/// travelled by id with `reread`. Nothing is dropped silently: when a
+/// notification cannot be delivered whole (unreadable, a todo that cannot be
+/// read back), the subscribers it was for, or all of them when that is not
+/// known, get EVENTS_LOST and the account cache forgets them.
+async fn deliver<F: Future<Output = AppResult<Option<Todo>>>>(
+    hub: &Hub,
+    payload: &str,
+    reread: impl Fn(DbId, DbId) -> F,
+) {
+    let wire: WireNotice = match serde_json::from_str(payload) {
+        Ok(wire) => wire,
+        Err(error) => {
+            tracing::error!(%error, "unreadable notification: every subscriber is told events may be lost");
+            hub.undeliverable(None);
+            return;
+        }
+    };
     let owner = DbId(wire.o);
-    let mut changes = Vec::with_capacity(wire.c.len());
-    for change in wire.c {
+    match changes(owner, wire.c, reread).await {
+        Ok(changes) => hub.publish(&Notice { owner, changes, revoked_below: wire.r }),
+        Err(error) => {
+            tracing::error!(
+                ?error,
+                "undeliverable notification: its owner's subscribers are told events may be lost"
+            );
+            // What did arrive is still acted on: a revocation evicts the
+            // account and ends its subscriptions.
+            if let Some(version) = wire.r {
+                hub.publish(&Notice::revoked(owner, version));
+            }
+            hub.undeliverable(Some(owner));
+        }
+    }
+}
+
+/// A notification's changes, todos that travelled by id read back.
+async fn changes<F: Future<Output = AppResult<Option<Todo>>>>(
+    owner: DbId,
+    wire: Vec<WireChange>,
+    reread: impl Fn(DbId, DbId) -> F,
+) -> AppResult<Vec<TodoChange>> {
+    let unreadable = || AppError::Internal("a notification carries a todo with unreadable timestamps".into());
+    let mut changes = Vec::with_capacity(wire.len());
+    for change in wire {
         let change = match change {
-            WireChange::Created { t } => from_wire(t).map(TodoChange::Created),
-            WireChange::Updated { t } => from_wire(t).map(TodoChange::Updated),
+            WireChange::Created { t } => Some(TodoChange::Created(from_wire(t).ok_or_else(unreadable)?)),
+            WireChange::Updated { t } => Some(TodoChange::Updated(from_wire(t).ok_or_else(unreadable)?)),
             WireChange::Deleted { i } => Some(TodoChange::Deleted(DbId(i))),
             // Gone again by now: its DELETED event follows.
-            WireChange::CreatedRef { i } => {
-                db::todos::find(db, owner, DbId(i)).await?.map(TodoChange::Created)
-            }
-            WireChange::UpdatedRef { i } => {
-                db::todos::find(db, owner, DbId(i)).await?.map(TodoChange::Updated)
-            }
+            WireChange::CreatedRef { i } => reread(owner, DbId(i)).await?.map(TodoChange::Created),
+            WireChange::UpdatedRef { i } => reread(owner, DbId(i)).await?.map(TodoChange::Updated),
         };
         changes.extend(change);
     }
-    Ok(Notice { owner, changes, revoked_below: wire.r })
+    Ok(changes)
+}
+
+/// Notifications read off the LISTEN connection, waiting for delivery.
+/// Bounded: if delivery (re-reading todos) falls this far behind, later
+/// notifications are dropped, and that is reported rather than silent.
+const INBOX_CAPACITY: usize = 4096;
+
+struct Inbox {
+    sender: mpsc::Sender<String>,
+    /// Set when a notification was dropped because the inbox was full.
+    overflowed: Arc<AtomicBool>,
+}
+
+impl Inbox {
+    fn new() -> (Self, mpsc::Receiver<String>, Arc<AtomicBool>) {
+        let (sender, receiver) = mpsc::channel(INBOX_CAPACITY);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        (Self { sender, overflowed: Arc::clone(&overflowed) }, receiver, overflowed)
+    }
+
+    /// False once nobody is delivering any more.
+    fn offer(&self, payload: String) -> bool {
+        match self.sender.try_send(payload) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::Release);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Delivers what `inbox` receives until it closes; a dropped notification
+/// (the inbox was full) could have been anyone's: everyone is told.
+async fn deliver_all<F: Future<Output = AppResult<Option<Todo>>>>(
+    hub: &Hub,
+    inbox: &mut mpsc::Receiver<String>,
+    overflowed: &AtomicBool,
+    reread: impl Fn(DbId, DbId) -> F,
+) {
+    while let Some(payload) = inbox.recv().await {
+        deliver(hub, &payload, &reread).await;
+        // Checked after each delivery: the inbox was full when a
+        // notification was dropped, so one is always delivered after it.
+        if overflowed.swap(false, Ordering::AcqRel) {
+            tracing::error!("the notification inbox overflowed: every subscriber is told events may be lost");
+            hub.undeliverable(None);
+        }
+    }
 }
 
 /// Keeps one `LISTEN` connection open for this instance and feeds the hub,
@@ -188,8 +273,7 @@ pub async fn listen(url: String, db: Db, hub: Arc<Hub>, mut shutdown: tokio::syn
             () = crate::events::stopping(&mut shutdown) => return,
         }
         if hub.is_live() {
-            hub.set_live(false);
-            hub.broadcast(HubMessage::Lost);
+            hub.listener_lost();
             backoff = Duration::from_millis(100);
         }
         tokio::select! {
@@ -205,14 +289,15 @@ async fn listen_once(url: &str, db: &Db, hub: &Hub) -> AppResult<()> {
         .await
         .map_err(|e| AppError::Unavailable(format!("cannot connect: {e}")))?;
     // The connection must be polled for the LISTEN below to complete, and
-    // notifications arrive through it: forward them to a channel.
-    let (sender, mut notifications) = mpsc::unbounded_channel();
+    // notifications arrive through it: forward them to the inbox. It is
+    // polled whatever delivery does, so PostgreSQL's queue never backs up.
+    let (inbox, mut notifications, overflowed) = Inbox::new();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
                 Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
-                    if sender.send(notification.payload().to_owned()).is_err() {
+                    if !inbox.offer(notification.payload().to_owned()) {
                         break;
                     }
                 }
@@ -231,12 +316,8 @@ async fn listen_once(url: &str, db: &Db, hub: &Hub) -> AppResult<()> {
             .map_err(|e| AppError::Unavailable(format!("LISTEN failed: {e}")))?;
         hub.set_live(true);
         tracing::info!("event listener connected");
-        while let Some(payload) = notifications.recv().await {
-            match decode(db, &payload).await {
-                Ok(notice) => hub.publish(&notice),
-                Err(error) => tracing::error!(?error, "dropping an undecodable notification"),
-            }
-        }
+        let reread = |owner: DbId, id: DbId| db::todos::find(db, owner, id);
+        deliver_all(hub, &mut notifications, &overflowed, reread).await;
         Err(AppError::Unavailable("connection closed".into()))
     }
     .await;
@@ -247,6 +328,7 @@ async fn listen_once(url: &str, db: &Db, hub: &Hub) -> AppResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::HubMessage;
 
     fn todo(description_len: usize) -> Todo {
         Todo {
@@ -303,5 +385,96 @@ mod tests {
         let original = todo(10);
         let wire = serde_json::from_str::<WireTodo>(&json(&wire_todo(&original))).expect("JSON");
         assert_eq!(from_wire(wire), Some(original));
+    }
+
+    fn hub() -> Arc<Hub> {
+        let limits = super::super::HubLimits {
+            subscriptions_per_user: 10,
+            subscriptions_per_instance: 100,
+            subscriptions_per_connection: 10,
+            subscriptions_per_address: 100,
+            sockets_per_address: 100,
+        };
+        Arc::new(Hub::new(limits, true))
+    }
+
+    fn account(id: DbId) -> crate::db::users::User {
+        crate::db::users::User { id, email: "a@b.test".into(), token_version: 1, created_at: DbTime::now() }
+    }
+
+    async fn next(subscription: &mut super::super::HubSubscription) -> Option<HubMessage> {
+        tokio::time::timeout(Duration::from_secs(1), subscription.recv()).await.ok()
+    }
+
+    async fn no_reread(_: DbId, _: DbId) -> AppResult<Option<Todo>> {
+        Err(AppError::Internal("not expected".into()))
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_notification_is_lost_for_everyone() {
+        let hub = hub();
+        let (alice, bob) = (DbId::new(), DbId::new());
+        let mut alice_sub = hub.subscribe(alice, Default::default()).expect("subscribes");
+        let mut bob_sub = hub.subscribe(bob, Default::default()).expect("subscribes");
+        hub.users.insert(account(bob), hub.users.epoch());
+        deliver(&hub, "{\"o\": not JSON", no_reread).await;
+        assert!(matches!(next(&mut alice_sub).await, Some(HubMessage::Lost)));
+        assert!(matches!(next(&mut bob_sub).await, Some(HubMessage::Lost)));
+        assert_eq!(hub.users.get(bob), None, "a lost revocation must not leave the account cached");
+    }
+
+    #[tokio::test]
+    async fn a_todo_that_cannot_be_read_back_is_lost_for_its_owner() {
+        let hub = hub();
+        let (alice, bob) = (DbId::new(), DbId::new());
+        let mut alice_sub = hub.subscribe(alice, Default::default()).expect("subscribes");
+        let mut bob_sub = hub.subscribe(bob, Default::default()).expect("subscribes");
+        hub.users.insert(account(alice), hub.users.epoch());
+        hub.users.insert(account(bob), hub.users.epoch());
+        let mut huge = todo(0);
+        huge.description = Some("😀".repeat(2000));
+        let notice =
+            Notice { owner: alice, changes: vec![TodoChange::Created(huge)], revoked_below: Some(3) };
+        let payloads = encode(&notice);
+        assert_eq!(payloads.len(), 1);
+        assert!(payloads[0].contains("\"k\":\"C\""), "travels by id");
+        let database_down = |_: DbId, _: DbId| async { Err(AppError::Unavailable("down".into())) };
+        deliver(&hub, &payloads[0], database_down).await;
+        // The revocation it carried still counts; then the events are lost.
+        assert!(matches!(next(&mut alice_sub).await, Some(HubMessage::Revoked(3))));
+        assert!(matches!(next(&mut alice_sub).await, Some(HubMessage::Lost)));
+        assert_eq!(hub.users.get(alice), None);
+        // Nobody else is disturbed.
+        assert!(next(&mut bob_sub).await.is_none());
+        assert!(hub.users.get(bob).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_todo_with_unreadable_timestamps_is_not_dropped_silently() {
+        let hub = hub();
+        let alice = DbId::new();
+        let mut alice_sub = hub.subscribe(alice, Default::default()).expect("subscribes");
+        let payload = encode(&Notice::changes(alice, vec![TodoChange::Created(todo(1))])).remove(0);
+        let broken = payload.replace("\"ca\":\"", "\"ca\":\"not a time ");
+        deliver(&hub, &broken, no_reread).await;
+        assert!(matches!(next(&mut alice_sub).await, Some(HubMessage::Lost)));
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_is_reported_to_everyone() {
+        let hub = hub();
+        let (alice, bob) = (DbId::new(), DbId::new());
+        let mut bob_sub = hub.subscribe(bob, Default::default()).expect("subscribes");
+        let (inbox, mut receiver, overflowed) = Inbox::new();
+        let payload = encode(&Notice::changes(alice, vec![TodoChange::Deleted(DbId::new())])).remove(0);
+        // One more than fits: the last is dropped.
+        for _ in 0..=INBOX_CAPACITY {
+            assert!(inbox.offer(payload.clone()));
+        }
+        drop(inbox);
+        deliver_all(&hub, &mut receiver, &overflowed, no_reread).await;
+        // Bob's notifications were not among them, but nobody can tell whose
+        // the dropped one was.
+        assert!(matches!(next(&mut bob_sub).await, Some(HubMessage::Lost)));
     }
 }

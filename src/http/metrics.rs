@@ -145,6 +145,9 @@ pub async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     out.push_str("# HELP todoql_subscriptions_open Open todoEvents subscriptions on this instance.\n");
     out.push_str("# TYPE todoql_subscriptions_open gauge\n");
     let _ = writeln!(out, "todoql_subscriptions_open {}", state.app.db.hub.open_subscriptions());
+    out.push_str("# HELP todoql_event_bus_live 1 while this instance hears every change (PostgreSQL: its listener is connected).\n");
+    out.push_str("# TYPE todoql_event_bus_live gauge\n");
+    let _ = writeln!(out, "todoql_event_bus_live {}", u8::from(state.app.db.hub.is_live()));
     out.push_str("# HELP todoql_websockets_open Open WebSocket connections on this instance.\n");
     out.push_str("# TYPE todoql_websockets_open gauge\n");
     let _ = writeln!(out, "todoql_websockets_open {}", state.app.db.hub.open_sockets());

@@ -191,20 +191,22 @@ impl TestApp {
     /// Waits until this instance has exactly `expected` subscriptions
     /// registered with its event hub (see [`crate::ws::open_subscriptions`]).
     pub async fn wait_for_open_subscriptions(&self, expected: usize) {
-        self.wait_for_gauge("open subscriptions", expected, async || {
-            crate::ws::open_subscriptions(self.addr).await
-        })
-        .await;
+        let read = async || crate::ws::open_subscriptions(self.addr).await;
+        self.wait_for("open subscriptions", expected, read).await;
     }
 
     /// Waits until this instance has exactly `expected` WebSocket connections open.
     pub async fn wait_for_open_websockets(&self, expected: usize) {
-        let read = async || crate::ws::gauge(self.addr, "todoql_websockets_open").await;
-        self.wait_for_gauge("open WebSockets", expected, read).await;
+        self.wait_for_gauge("todoql_websockets_open", expected).await;
+    }
+
+    /// Waits until the `/metrics` gauge `name` says `expected`.
+    pub async fn wait_for_gauge(&self, name: &str, expected: usize) {
+        self.wait_for(name, expected, async || crate::ws::gauge(self.addr, name).await).await;
     }
 
     /// Waits until `read` (a `/metrics` gauge) says `expected`.
-    async fn wait_for_gauge(&self, name: &str, expected: usize, read: impl AsyncFn() -> Option<usize>) {
+    async fn wait_for(&self, name: &str, expected: usize, read: impl AsyncFn() -> Option<usize>) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut last = None;
         while std::time::Instant::now() < deadline {

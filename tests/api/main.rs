@@ -11,6 +11,7 @@ mod concurrency;
 mod cursors;
 mod http_surface;
 mod isolation;
+mod listener;
 mod observability;
 mod pagination;
 mod password_checks;
