@@ -473,7 +473,7 @@ impl Config {
             return Err(bad("WS_IDLE_TIMEOUT must be longer than WS_PING_INTERVAL"));
         }
 
-        Ok(Self {
+        let config = Self {
             database_url,
             listen_addr,
             jwt_secret,
@@ -535,7 +535,13 @@ impl Config {
             slow_request_threshold: parse_duration("SLOW_REQUEST_THRESHOLD", &args.slow_request_threshold)?,
             dev: args.dev,
             limits,
-        })
+        };
+        // The pings are what keeps an idle WebSocket's TCP connection from
+        // looking idle to the listener.
+        if config.websocket.ping_interval >= config.connections.idle_timeout {
+            return Err(bad("WS_PING_INTERVAL must be shorter than CONNECTION_IDLE_TIMEOUT"));
+        }
+        Ok(config)
     }
 
     /// The configuration used by tests and embedders: defaults for everything
@@ -621,6 +627,10 @@ mod tests {
         assert_eq!(config.websocket.ping_interval, Duration::from_secs(15));
         assert_eq!(config.websocket.idle_timeout, Duration::from_secs(45));
         assert!(error(&["--ws-idle-timeout", "15s"]).contains("WS_IDLE_TIMEOUT"));
+        assert!(
+            error(&["--ws-ping-interval", "60s", "--ws-idle-timeout", "180s"])
+                .contains("CONNECTION_IDLE_TIMEOUT")
+        );
         assert!(error(&["--ws-write-timeout", "0s"]).contains("WS_WRITE_TIMEOUT"));
     }
 
