@@ -61,8 +61,20 @@ macro_rules! define_tables {
 
 pub mod postgres {
     define_tables!(Uuid, Timestamptz);
+
+    diesel::define_sql_function! {
+        /// Where `needle` first occurs in `haystack` (1-based; 0: nowhere).
+        #[sql_name = "strpos"]
+        fn substring_position(haystack: diesel::sql_types::Text, needle: diesel::sql_types::Text) -> diesel::sql_types::Integer;
+    }
 }
 
 pub mod sqlite {
     define_tables!(Text, Text);
+
+    diesel::define_sql_function! {
+        /// Where `needle` first occurs in `haystack` (1-based; 0: nowhere).
+        #[sql_name = "instr"]
+        fn substring_position(haystack: diesel::sql_types::Text, needle: diesel::sql_types::Text) -> diesel::sql_types::Integer;
+    }
 }

@@ -15,6 +15,7 @@ backend_tests!(
     a_fragment_bomb_in_a_mutation_writes_nothing,
     fragment_cycles_and_chains_are_refused_before_validation,
     huge_variables_are_refused,
+    backtracking_search_terms_cost_a_scan,
 );
 
 /// `fragment F{n} on {on} { ...F{n-1} ×10 }`: about 100 bytes per level,
@@ -244,6 +245,54 @@ async fn huge_variables_are_refused(app: TestApp) {
     app.gql(Some(&user.token), "{ me { id } }", json!({})).await.ok();
     // An honest request with variables still works.
     app.gql(Some(&user.token), query, json!({"ids": ["a", "b"]})).await.ok();
+}
+
+/// `LIKE '%aaa…ab%'` against descriptions of `aaa…a` backtracks at every
+/// character: with 300 such todos, ten aliased `totalCount`s of a
+/// 2,000-character term held the database for 22 s. Now the term is at
+/// most 100 characters and matched as a plain substring.
+async fn backtracking_search_terms_cost_a_scan(app: TestApp) {
+    let user = app.signup("searcher@example.com").await;
+    let creates: String = (0..30)
+        .map(|i| format!("t{i}: createTodo(input: {{title: \"t\", description: $d}}) {{ id }} "))
+        .collect();
+    let create = format!("mutation($d: String) {{ {creates}}}");
+    let batch: Vec<Value> =
+        (0..10).map(|_| json!({"query": create, "variables": {"d": "a".repeat(2000)}})).collect();
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&user.token)
+        .json(&batch)
+        .send()
+        .await
+        .expect("sent");
+    let responses: Vec<Value> = response.json().await.expect("JSON array");
+    assert!(responses.iter().all(|r| r.get("errors").is_none()), "{responses:?}");
+    let searches: String =
+        (0..10).map(|i| format!("s{i}: todos(first: 1, filter: {{search: $s}}) {{ totalCount }} ")).collect();
+    let search = format!("query($s: String) {{ {searches}}}");
+    // The old limit's worst case is refused, and so is one character over.
+    for term in [format!("{}b", "a".repeat(1999)), "a".repeat(101)] {
+        let refused = app.gql(Some(&user.token), &search, json!({"s": term})).await;
+        refused.expect_code("BAD_USER_INPUT");
+        assert_eq!(refused.field(), Some("search"));
+    }
+    // The worst cases of the longest term allowed, for SQLite's `instr`
+    // (`aaa…ab`) and PostgreSQL's Boyer-Moore-Horspool `strpos` (`baa…a`).
+    under_attack(&app, async {
+        for term in [format!("{}b", "a".repeat(99)), format!("b{}", "a".repeat(99))] {
+            let started = Instant::now();
+            let data = app.gql(Some(&user.token), &search, json!({"s": term})).await.ok();
+            assert_eq!(data["s9"]["totalCount"], 0);
+            // Milliseconds in fact; generous for a debug build on a busy machine.
+            let elapsed = started.elapsed();
+            assert!(elapsed < Duration::from_secs(5), "ten searches took {elapsed:?}");
+        }
+    })
+    .await;
+    let found = app.gql(Some(&user.token), &search, json!({"s": "A".repeat(100)})).await.ok();
+    assert_eq!(found["s0"]["totalCount"], 300, "a term of the longest length still matches");
 }
 
 /// Opens a TCP connection to `app` from the loopback address `source`.
