@@ -5,6 +5,7 @@
 //! backend, each with that backend's schema module in scope. Queries are
 //! written once (in `users.rs`, `todos.rs`); the compiler checks each copy.
 
+pub mod fair;
 pub mod login_attempts;
 pub mod migrations;
 pub mod pg_pool;
@@ -44,6 +45,8 @@ pub struct Db {
     pub hub: Arc<Hub>,
     /// Each pool's name and configured size, for metrics.
     pub pool_sizes: Vec<(&'static str, u32)>,
+    /// Each client's place in the queues for connections (see `fair`).
+    pub turns: Arc<fair::FairTurns>,
 }
 
 #[derive(Clone)]
@@ -67,6 +70,7 @@ macro_rules! read {
             $crate::db::Pools::Postgres(pool) => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::postgres::*;
+                let _turn = $db.turns.take().await;
                 let mut pooled = pool.get().await?;
                 let $conn = &mut *pooled;
                 $body
@@ -74,6 +78,7 @@ macro_rules! read {
             $crate::db::Pools::Sqlite { readers, .. } => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::sqlite::*;
+                let _turn = $db.turns.take().await;
                 let mut pooled = readers.get().await?;
                 let $conn = &mut *pooled;
                 $body
@@ -92,12 +97,14 @@ macro_rules! write {
                 use diesel_async::AsyncConnection as _;
                 #[allow(unused_imports)]
                 use $crate::db::schema::postgres::*;
+                let _turn = $db.turns.take().await;
                 let mut pooled = pool.get().await?;
                 pooled.transaction(async |$conn| $body).await
             }
             $crate::db::Pools::Sqlite { writer, .. } => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::sqlite::*;
+                let _turn = $db.turns.take().await;
                 let mut pooled = writer.get().await?;
                 pooled.immediate_transaction(async |$conn| $body).await
             }
@@ -118,6 +125,7 @@ macro_rules! write_announced {
                 use diesel_async::AsyncConnection as _;
                 #[allow(unused_imports)]
                 use $crate::db::schema::postgres::*;
+                let _turn = db.turns.take().await;
                 let mut pooled = pool.get().await?;
                 let committed = pooled
                     .transaction(async |$conn| {
@@ -141,6 +149,7 @@ macro_rules! write_announced {
             $crate::db::Pools::Sqlite { writer, .. } => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::sqlite::*;
+                let _turn = db.turns.take().await;
                 let mut pooled = writer.get().await?;
                 let committed: Result<(_, $crate::events::Notice), $crate::error::AppError> =
                     pooled.immediate_transaction(async |$conn| $body).await;
@@ -182,7 +191,11 @@ impl Db {
                 ),
             ],
         };
-        Ok(Self { pools, hub, pool_sizes })
+        // A client alone may use the largest pool whole; with others, it
+        // queues behind its own queries beyond that.
+        let largest_pool = pool_sizes.iter().map(|(_, size)| *size as usize).max().unwrap_or(1);
+        let turns = fair::FairTurns::new(largest_pool);
+        Ok(Self { pools, hub, pool_sizes, turns })
     }
 
     pub fn backend_name(&self) -> &'static str {

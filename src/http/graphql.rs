@@ -237,7 +237,9 @@ async fn execute(state: &HttpState, request: Request, caller: &Caller) -> Respon
     let mut operation = request.operation_name.clone();
     let started = std::time::Instant::now();
     let timeout = state.app.config.limits.request_timeout;
-    let mut response = match tokio::time::timeout(timeout, state.schema.execute(request)).await {
+    let client = caller.address.map(ClientAddr::ip);
+    let executed = crate::db::fair::on_behalf_of(client, state.schema.execute(request));
+    let mut response = match tokio::time::timeout(timeout, executed).await {
         Ok(response) => response,
         Err(_) => request_error("TIMEOUT", format!("The request took longer than {} s", timeout.as_secs())),
     };

@@ -225,6 +225,7 @@ struct SocketExecutor {
     schema: TodoqlSchema,
     app: Arc<App>,
     socket: Arc<SocketState>,
+    client: Option<ClientAddr>,
 }
 
 impl Executor for SocketExecutor {
@@ -285,7 +286,9 @@ impl Executor for SocketExecutor {
                 Some(data) => this.schema.execute_stream_with_session_data(request, data),
                 None => this.schema.execute_stream(request),
             };
-            while let Some(response) = responses.next().await {
+            // Its database work queues fairly with the client's other work.
+            let client = this.client.map(ClientAddr::ip);
+            while let Some(response) = crate::db::fair::on_behalf_of(client, responses.next()).await {
                 yield response;
             }
         }
@@ -384,6 +387,7 @@ async fn serve(
         schema: state.schema.clone(),
         app: Arc::clone(&state.app),
         socket: Arc::clone(&socket_state),
+        client,
     };
     // No keepalive_timeout: async-graphql's counts only protocol messages and
     // only on graphql-transport-ws; the silence check below covers both.
