@@ -313,6 +313,8 @@ impl TodoqlProcess {
             .env("BCRYPT_COST", bcrypt_cost.to_string())
             // Seeding signs up more accounts from one address than a real client would.
             .env("SIGNUP_MAX_PER_ADDRESS", "0")
+            // The load generator's connections are users behind one proxy.
+            .env("TRUST_FORWARDED_FOR", "1")
             // Per-request log lines would be a benchmark of the logger; the
             // address comes from todoql::app at info. JSON: one event a line.
             .env("RUST_LOG", "warn,todoql::app=info")
@@ -827,10 +829,12 @@ async fn send(
     request: Request,
     marker: &str,
     tally: &mut ConnectionTally,
+    forwarded_for: &str,
 ) -> Result<(), String> {
     let mut builder = client
         .post(url)
         .header("content-type", "application/json")
+        .header("x-forwarded-for", forwarded_for)
         // Plain JSON, so a GraphQL error is a 200 with `errors` on both servers.
         .header("accept", "application/json")
         .body(request.body);
@@ -895,9 +899,16 @@ async fn run_load(
             l.warnings.load(Ordering::Relaxed),
         )
     });
+    // A window too short for even one request to finish (a 0.2 s smoke run
+    // on a busy machine, a login queued behind 64 lists) would measure
+    // nothing: it stays open until one measured request has come back,
+    // for at most `MAX_OVERRUN`.
+    const MAX_OVERRUN: Duration = Duration::from_secs(30);
+    let measured = Arc::new(AtomicU64::new(0));
     let connections: Vec<_> = (0..workload.connections)
         .map(|connection| {
             let workload = workload.clone();
+            let measured = Arc::clone(&measured);
             tokio::spawn(async move {
                 // A client per task: one keep-alive connection each, not a
                 // shared pool that would open as many as it likes.
@@ -908,19 +919,30 @@ async fn run_load(
                     .build()
                     .expect("HTTP client");
                 let mut rng = StdRng::from_rng(&mut rand::rng());
+                // Each connection is one simulated user with an address of
+                // its own (the server trusts one proxy hop): otherwise every
+                // request is one client, whose logins queue behind its own
+                // lists at the database (fair turns per client) and whose
+                // attempts on one address key take turns.
+                let forwarded_for =
+                    format!("10.{}.{}.{}", rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>());
                 let mut tally = ConnectionTally::default();
                 let mut sequence = 0u64;
                 loop {
                     let sent = Instant::now();
-                    if sent >= stop_at {
+                    let nothing_measured = measured.load(Ordering::Relaxed) == 0;
+                    if sent >= stop_at && !(nothing_measured && sent < stop_at + MAX_OVERRUN) {
                         break;
                     }
                     let request = (workload.next)(&mut rng, connection, sequence);
                     sequence += 1;
-                    let outcome = send(&client, &workload.url, request, workload.marker, &mut tally).await;
+                    let outcome =
+                        send(&client, &workload.url, request, workload.marker, &mut tally, &forwarded_for)
+                            .await;
                     if sent < measure_from {
                         continue;
                     }
+                    measured.fetch_add(1, Ordering::Relaxed);
                     let latency = sent.elapsed();
                     tally.latencies_us.push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
                     match outcome {

@@ -70,7 +70,7 @@ macro_rules! read {
             $crate::db::Pools::Postgres(pool) => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::postgres::*;
-                let _turn = $db.turns.take().await;
+                let _turn = $db.turns.take($crate::db::fair::Lane::Shared).await;
                 let mut pooled = pool.get().await?;
                 let $conn = &mut *pooled;
                 $body
@@ -78,7 +78,7 @@ macro_rules! read {
             $crate::db::Pools::Sqlite { readers, .. } => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::sqlite::*;
-                let _turn = $db.turns.take().await;
+                let _turn = $db.turns.take($crate::db::fair::Lane::Shared).await;
                 let mut pooled = readers.get().await?;
                 let $conn = &mut *pooled;
                 $body
@@ -97,14 +97,14 @@ macro_rules! write {
                 use diesel_async::AsyncConnection as _;
                 #[allow(unused_imports)]
                 use $crate::db::schema::postgres::*;
-                let _turn = $db.turns.take().await;
+                let _turn = $db.turns.take($crate::db::fair::Lane::Shared).await;
                 let mut pooled = pool.get().await?;
                 pooled.transaction(async |$conn| $body).await
             }
             $crate::db::Pools::Sqlite { writer, .. } => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::sqlite::*;
-                let _turn = $db.turns.take().await;
+                let _turn = $db.turns.take($crate::db::fair::Lane::SqliteWriter).await;
                 let mut pooled = writer.get().await?;
                 pooled.immediate_transaction(async |$conn| $body).await
             }
@@ -125,7 +125,7 @@ macro_rules! write_announced {
                 use diesel_async::AsyncConnection as _;
                 #[allow(unused_imports)]
                 use $crate::db::schema::postgres::*;
-                let _turn = db.turns.take().await;
+                let _turn = db.turns.take($crate::db::fair::Lane::Shared).await;
                 let mut pooled = pool.get().await?;
                 let committed = pooled
                     .transaction(async |$conn| {
@@ -149,7 +149,7 @@ macro_rules! write_announced {
             $crate::db::Pools::Sqlite { writer, .. } => {
                 #[allow(unused_imports)]
                 use $crate::db::schema::sqlite::*;
-                let _turn = db.turns.take().await;
+                let _turn = db.turns.take($crate::db::fair::Lane::SqliteWriter).await;
                 let mut pooled = writer.get().await?;
                 let committed: Result<(_, $crate::events::Notice), $crate::error::AppError> =
                     pooled.immediate_transaction(async |$conn| $body).await;
@@ -194,7 +194,11 @@ impl Db {
         // A client alone may use the largest pool whole; with others, it
         // queues behind its own queries beyond that.
         let largest_pool = pool_sizes.iter().map(|(_, size)| *size as usize).max().unwrap_or(1);
-        let turns = fair::FairTurns::new(largest_pool);
+        let size_of =
+            |name: &str| pool_sizes.iter().find(|(n, _)| *n == name).map_or(1, |(_, size)| *size as usize);
+        let shared =
+            if matches!(pools, Pools::Postgres(_)) { size_of("postgres") } else { size_of("sqlite_readers") };
+        let turns = fair::FairTurns::new(largest_pool, shared, 1);
         Ok(Self { pools, hub, pool_sizes, turns })
     }
 
