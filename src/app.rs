@@ -104,10 +104,6 @@ impl Server {
         self.listener.local_addr().unwrap_or(self.app.config.listen_addr)
     }
 
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
-    }
-
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
     /// requests finish (for at most `SHUTDOWN_GRACE`) and returns.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {

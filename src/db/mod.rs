@@ -202,13 +202,6 @@ impl Db {
         Ok(Self { pools, hub, pool_sizes, turns })
     }
 
-    pub fn backend_name(&self) -> &'static str {
-        match self.pools {
-            Pools::Postgres(_) => "postgres",
-            Pools::Sqlite { .. } => "sqlite",
-        }
-    }
-
     /// A cheap round trip, for `/readyz`.
     pub async fn ping(&self) -> AppResult<()> {
         read!(self, |conn| {
