@@ -203,14 +203,7 @@ async fn huge_variables_are_refused(app: TestApp) {
     // Half a million values in 1 MiB: refused before parsing.
     let body = format!(r#"{{"query":"{{ __typename }}","variables":{{"x":[{}0]}}}}"#, "0,".repeat(500_000));
     under_attack(&app, async {
-        let response = app
-            .client
-            .post(app.url("/graphql"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("sent");
+        let response = app.post_raw_json(body).await;
         assert_eq!(response.status(), 400);
         let body: Value = response.json().await.expect("JSON");
         assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_REQUEST", "{body}");
@@ -223,14 +216,7 @@ async fn huge_variables_are_refused(app: TestApp) {
         "[".repeat(10_000),
         "]".repeat(10_000)
     );
-    let response = app
-        .client
-        .post(app.url("/graphql"))
-        .header("content-type", "application/json")
-        .body(deep)
-        .send()
-        .await
-        .expect("sent");
+    let response = app.post_raw_json(deep).await;
     assert_eq!(response.status(), 400);
     let mut socket = WsClient::with_token(app.addr, &user.token).await;
     let deep_message = format!(

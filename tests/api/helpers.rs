@@ -153,6 +153,17 @@ impl TestApp {
         Gql(serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}")))
     }
 
+    /// POSTs `body` as it is, labelled JSON (for bodies `json!` cannot make).
+    pub async fn post_raw_json(&self, body: String) -> reqwest::Response {
+        self.client
+            .post(self.url("/graphql"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("sent")
+    }
+
     pub async fn signup(&self, email: &str) -> Account {
         let password = "correct horse battery".to_owned();
         let data = self
